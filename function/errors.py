@@ -1,0 +1,123 @@
+"""The error tree every layer raises, and what each branch means for the HTTP answer.
+
+    ReconcileError
+    ├── BadEvent           the CloudEvent itself is malformed        -> 400, not retried
+    ├── TemporaryError     retrying later can succeed                -> 503, the source redelivers
+    │   ├── QuayTransient      Quay 5xx/429, timeout, refused or reset connection
+    │   └── KubeTransient      API server conflict (409) or outage
+    └── PermanentError     retrying cannot help; the reason goes to status -> 2xx
+        ├── ConfigError        a spec field or connection Secret key is wrong
+        └── QuayPermanent      Quay refused: auth, scope, TLS, invalid request, disabled feature
+
+``main.py`` is the only module that turns these into status codes. Messages never carry a
+credential: they name the field or Quay's own error text, and at most a short body excerpt.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadEvent",
+    "ConfigError",
+    "KubeTransient",
+    "PermanentError",
+    "QuayAuthError",
+    "QuayError",
+    "QuayFeatureDisabled",
+    "QuayInvalidRequest",
+    "QuayNotFound",
+    "QuayPermanent",
+    "QuayTLSError",
+    "QuayTransient",
+    "QuayUnexpectedResponse",
+    "ReconcileError",
+    "TemporaryError",
+]
+
+
+class ReconcileError(Exception):
+    """Base of every error the function raises on purpose."""
+
+    #: CamelCase reason written to the Ready condition.
+    reason = "Error"
+
+
+class BadEvent(ReconcileError):
+    """The CloudEvent is malformed: answer 400 naming what is wrong."""
+
+    reason = "BadEvent"
+
+
+class TemporaryError(ReconcileError):
+    """A retry can succeed: answer 503 so the event source redelivers."""
+
+    reason = "Retrying"
+
+
+class PermanentError(ReconcileError):
+    """A retry cannot help until someone fixes something: status says what, answer 2xx."""
+
+    reason = "Failed"
+
+
+class ConfigError(PermanentError):
+    """A DockerToken field or a connection Secret key is invalid; the message names it."""
+
+    reason = "InvalidConfiguration"
+
+
+class KubeTransient(TemporaryError):
+    """The API server answered 409, 429 or 5xx, or could not be reached."""
+
+    reason = "KubernetesUnavailable"
+
+
+class QuayError(ReconcileError):
+    """Base of the errors raised by the Quay client (``quay.py``)."""
+
+
+class QuayTransient(QuayError, TemporaryError):
+    """Quay 5xx or 429, a timeout, a refused or reset connection."""
+
+    reason = "QuayUnavailable"
+
+
+class QuayPermanent(QuayError, PermanentError):
+    """Quay refused the request in a way a retry will not change."""
+
+    reason = "QuayError"
+
+
+class QuayAuthError(QuayPermanent):
+    """Wrong, expired or under-scoped OAuth token, or a wrong username/password."""
+
+    reason = "QuayAuthenticationFailed"
+
+
+class QuayNotFound(QuayPermanent):
+    """The token (or endpoint) does not exist for this user."""
+
+    reason = "QuayNotFound"
+
+
+class QuayFeatureDisabled(QuayPermanent):
+    """Application tokens (FEATURE_APP_SPECIFIC_TOKENS) are disabled on this Quay."""
+
+    reason = "QuayFeatureDisabled"
+
+
+class QuayInvalidRequest(QuayPermanent):
+    """Quay answered 400/415 with its own message."""
+
+    reason = "QuayInvalidRequest"
+
+
+class QuayTLSError(QuayPermanent):
+    """The Quay certificate did not verify: retrying won't help, fix validateCerts or the CA."""
+
+    reason = "QuayTLSError"
+
+
+class QuayUnexpectedResponse(QuayPermanent):
+    """Quay answered something the contract does not describe."""
+
+    reason = "QuayUnexpectedResponse"
