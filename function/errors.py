@@ -15,6 +15,8 @@ credential: they name the field or Quay's own error text, and at most a short bo
 
 from __future__ import annotations
 
+from typing import Self
+
 __all__ = [
     "BadEvent",
     "ConfigError",
@@ -39,6 +41,11 @@ class ReconcileError(Exception):
 
     #: CamelCase reason written to the Ready condition.
     reason = "Error"
+
+    def with_reason(self, reason: str) -> Self:
+        """Give this instance a more specific Ready reason than its class's."""
+        self.reason = reason
+        return self
 
 
 class BadEvent(ReconcileError):

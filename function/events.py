@@ -1,0 +1,81 @@
+"""Turn an incoming CloudEvent into the object it names. Called by ``main.py``; no I/O.
+
+Accepted (binary or structured content mode, see docs/events.md):
+  dev.knative.apiserver.resource.{add,update,delete}  data = the whole object
+  dev.knative.apiserver.ref.{add,update,delete}       data = {kind, namespace, name, apiVersion}
+  io.github.herve4m.quay.dockertoken.resync           data = {namespace, name}  (the CronJob)
+The body is only used to learn *which* object: the reconciler always reads the current one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from function.errors import BadEvent
+from function.model import GROUP, KIND
+
+RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
+APISERVER_PREFIXES = ("dev.knative.apiserver.resource.", "dev.knative.apiserver.ref.")
+APISERVER_VERBS = ("add", "update", "delete")
+# Kubernetes name rules: namespaces are RFC 1123 labels, object names DNS subdomains.
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The object an event is about, and whether Quay itself must be re-checked (resync)."""
+
+    namespace: str
+    name: str
+    event_type: str
+    verify_quay: bool
+
+
+def parse_event(attributes: Mapping[str, Any], data: Any) -> Target | None:
+    """The target, or None for an event to acknowledge and ignore (another kind or type).
+
+    Raises BadEvent naming the attribute or field that is wrong.
+    """
+    event_type = attributes.get("type")
+    if not isinstance(event_type, str) or not event_type:
+        raise BadEvent("attribute 'type' is missing; send a CloudEvent with ce-type set")
+    resync = event_type == RESYNC_TYPE
+    if not resync and not _is_apiserver(event_type):
+        return None
+    if data is not None and not isinstance(data, Mapping):
+        raise BadEvent(f"data must be a JSON object for {event_type}, got {type(data).__name__}")
+    body: Mapping[str, Any] = data or {}
+    if not resync and not _is_dockertoken(body, attributes):
+        return None
+    meta = body.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    namespace = _first_str(body.get("namespace"), meta.get("namespace"), attributes.get("namespace"))
+    name = _first_str(body.get("name"), meta.get("name"), attributes.get("name"))
+    if not namespace or not _LABEL.match(namespace):
+        raise BadEvent(f"namespace {namespace[:80]!r} is missing or not a valid namespace name; "
+                       "set data.namespace (or data.metadata.namespace, or the namespace extension)")
+    if not name or not _SUBDOMAIN.match(name):
+        raise BadEvent(f"name {name[:80]!r} is missing or not a valid object name; "
+                       "set data.name (or data.metadata.name, or the name extension)")
+    return Target(namespace, name, event_type, verify_quay=resync)
+
+
+def _is_apiserver(event_type: str) -> bool:
+    for prefix in APISERVER_PREFIXES:
+        if event_type.startswith(prefix):
+            return event_type[len(prefix):] in APISERVER_VERBS
+    return False
+
+
+def _is_dockertoken(body: Mapping[str, Any], attributes: Mapping[str, Any]) -> bool:
+    kind = _first_str(body.get("kind"), attributes.get("kind"))
+    api_version = _first_str(body.get("apiVersion"), attributes.get("apiversion"))
+    return kind == KIND and (not api_version or api_version.split("/")[0] == GROUP)
+
+
+def _first_str(*values: Any) -> str:
+    return next((v for v in values if isinstance(v, str) and v), "")

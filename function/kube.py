@@ -1,0 +1,186 @@
+"""Everything the function asks of the Kubernetes API server. The only module importing ``kubernetes``.
+
+Objects travel as plain dicts (JSON as the server sent it). ``ApiException`` and transport errors
+are mapped here, once: 404 becomes ``None`` or is ignored where absence is fine, 409/429/5xx and
+unreachable servers become ``KubeTransient`` (503, retried), anything else ``PermanentError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from function.errors import KubeTransient, PermanentError
+from function.model import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+# (connect, read) seconds: an API server slower than this is treated as unavailable.
+REQUEST_TIMEOUT = (5, 30)
+PAGE_SIZE = 500
+
+_client_lock = threading.Lock()
+_shared_client: Any = None
+
+
+class Conflict(KubeTransient):
+    """The object changed since we read it (409, or a failed JSON-patch test): re-read and retry."""
+
+    reason = "Conflict"
+
+
+def load_client() -> Any:
+    """One ApiClient per process: in-cluster config in a pod, else KUBECONFIG / ~/.kube/config."""
+    global _shared_client
+    with _client_lock:
+        if _shared_client is None:
+            from kubernetes import client, config
+
+            if os.environ.get("KUBERNETES_SERVICE_HOST"):
+                config.load_incluster_config()
+                _shared_client = client.ApiClient()
+            else:
+                _shared_client = config.new_client_from_config(
+                    config_file=os.environ.get("KUBECONFIG") or None
+                )
+        return _shared_client
+
+
+def _call(what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
+    """Run one API call and translate its failures; return None on 404 when ``missing_ok``."""
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return fn()
+    # 404: absent is a normal answer for reads and deletes
+    except ApiException as exc:
+        status = exc.status or 0
+        if status == 404 and missing_ok:
+            return None
+        detail = _message(exc)
+        if status == 409 or (status == 422 and "test operation" in detail):
+            raise Conflict(f"{what}: the object changed meanwhile ({detail})") from None
+        if status == 429 or status >= 500 or status == 0:
+            raise KubeTransient(f"{what}: API server answered {status} ({detail})") from None
+        raise PermanentError(f"{what}: API server answered {status} ({detail})") from None
+    # no answer at all: the API server is down or unreachable, a retry may work
+    except (HTTPError, OSError) as exc:
+        raise KubeTransient(f"{what}: API server unreachable ({type(exc).__name__})") from None
+
+
+def _message(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message", ""))[:300]
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason or "")[:300]
+
+
+class Kube:
+    """Typed calls on one ApiClient; counts its writes so tests and benchmarks can check idempotency."""
+
+    def __init__(self, api_client: Any = None) -> None:
+        from kubernetes import client
+
+        self._api = api_client or load_client()
+        self._custom = client.CustomObjectsApi(self._api)
+        self._core = client.CoreV1Api(self._api)
+        self.writes = 0
+
+    # -- DockerTokens ------------------------------------------------------------------------
+    def get_dockertoken(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _call(
+            f"get dockertoken {namespace}/{name}",
+            lambda: self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT),
+            missing_ok=True,
+        )
+
+    def iter_dockertokens(self) -> Iterator[dict[str, Any]]:
+        """Every DockerToken in every namespace, a page at a time."""
+        token: str | None = None
+        while True:
+            page = _call(
+                "list dockertokens",
+                lambda: self._custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, limit=PAGE_SIZE, _continue=token,
+                    _request_timeout=REQUEST_TIMEOUT),
+            ) or {}
+            yield from page.get("items") or ()
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
+                       resource_version: str) -> dict[str, Any]:
+        """Replace metadata.finalizers, conditioned on resourceVersion (409 if anyone wrote since)."""
+        self.writes += 1
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        result = _call(
+            f"patch finalizers of {namespace}/{name}",
+            lambda: self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT),
+            missing_ok=True,
+        )
+        return result or {}
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any]:
+        """Merge-patch the status subresource; with ``resource_version`` it is a compare-and-swap."""
+        self.writes += 1
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        result = _call(
+            f"patch status of {namespace}/{name}",
+            lambda: self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT),
+            missing_ok=True,
+        )
+        return result or {}
+
+    # -- Secrets -------------------------------------------------------------------------------
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        resp = _call(
+            f"get secret {namespace}/{name}",
+            lambda: self._core.read_namespaced_secret(
+                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+            missing_ok=True,
+        )
+        return None if resp is None else dict(json.loads(resp.data))
+
+    def create_secret(self, body: dict[str, Any]) -> None:
+        self.writes += 1
+        meta = body["metadata"]
+        _call(
+            f"create secret {meta['namespace']}/{meta['name']}",
+            lambda: self._core.create_namespaced_secret(
+                meta["namespace"], body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+        )
+
+    def replace_secret(self, body: dict[str, Any]) -> None:
+        """PUT with the resourceVersion the body carries: a concurrent edit gets 409."""
+        self.writes += 1
+        meta = body["metadata"]
+        _call(
+            f"update secret {meta['namespace']}/{meta['name']}",
+            lambda: self._core.replace_namespaced_secret(
+                meta["name"], meta["namespace"], body, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT),
+        )
+
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete if present; with ``uid`` only that exact object (never a same-named newcomer)."""
+        self.writes += 1
+        body = {"preconditions": {"uid": uid}} if uid else None
+        _call(
+            f"delete secret {namespace}/{name}",
+            lambda: self._core.delete_namespaced_secret(
+                name, namespace, body=body, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT),
+            missing_ok=True,
+        )

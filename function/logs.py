@@ -1,0 +1,43 @@
+"""One-line JSON logs. ``main.py`` installs this once per process.
+
+Fields passed as ``extra={"fields": {...}}`` become top-level keys. Libraries that can log
+request headers at DEBUG (urllib3, httpx, httpcore, kubernetes) are held at WARNING so an
+Authorization header never reaches the log, whatever LOG_LEVEL says.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+
+_QUIET = ("urllib3", "httpx", "httpcore", "kubernetes", "werkzeug")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup() -> None:
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root.handlers = [handler]
+    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,150 @@
+"""The DockerToken resource as the reconciler sees it: constants and a typed, read-only view.
+
+``kube.py`` fetches raw objects; ``DockerToken.from_object`` turns one into this view, which
+``decide.py`` and ``reconcile.py`` read. Spec validation lives here so every caller gets the same
+field-naming messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from function.errors import ConfigError
+
+GROUP = "quay.herve4m.github.io"
+VERSION = "v1alpha1"
+PLURAL = "dockertokens"
+KIND = "DockerToken"
+API_VERSION = f"{GROUP}/{VERSION}"
+# The Ansible operator's finalizer: objects it created keep working after the switch.
+FINALIZER = "quay.herve4m.github.io/finalizer"
+# Quay stores titles in a 255-character column.
+MAX_TITLE = 255
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Namespace and name of a Secret."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Creation:
+    """The status lease taken before the one non-idempotent Quay call (POST)."""
+
+    id: str
+    title: str
+    since: str  # RFC 3339, from the reconciler's clock
+
+
+@dataclass(frozen=True)
+class Status:
+    """The persisted part of what we know; see the CRD for each field's meaning."""
+
+    uuid: str = ""
+    token_name: str = ""
+    expiration: str = ""
+    exist_in_quay: bool = False
+    message: str = ""
+    ret_secret: Ref | None = None
+    pending_revocation: tuple[str, ...] = ()
+    creation: Creation | None = None
+    observed_generation: int = 0
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_object(cls, raw: Mapping[str, Any] | None) -> Status:
+        raw = raw or {}
+        ret = raw.get("retSecret") or {}
+        creation = raw.get("creation") or None
+        return cls(
+            uuid=str(raw.get("uuid") or ""),
+            token_name=str(raw.get("tokenName") or ""),
+            expiration=str(raw.get("expiration") or ""),
+            exist_in_quay=bool(raw.get("existInQuay")),
+            message=str(raw.get("message") or ""),
+            ret_secret=Ref(ret["namespace"], ret["name"]) if ret.get("name") else None,
+            pending_revocation=tuple(raw.get("pendingRevocation") or ()),
+            creation=(
+                Creation(str(creation.get("id", "")), str(creation.get("title", "")),
+                         str(creation.get("since", "")))
+                if isinstance(creation, Mapping) and creation.get("id")
+                else None
+            ),
+            observed_generation=int(raw.get("observedGeneration") or 0),
+            conditions=tuple(raw.get("conditions") or ()),
+        )
+
+    def condition(self, type_: str) -> Mapping[str, Any] | None:
+        return next((c for c in self.conditions if c.get("type") == type_), None)
+
+
+@dataclass(frozen=True)
+class DockerToken:
+    """What the reconciler reads from a DockerToken object."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    deleting: bool
+    finalizers: tuple[str, ...]
+    title: str
+    conn_secret: Ref
+    ret_secret: Ref | None
+    preserve_in_quay: bool
+    status: Status
+
+    @property
+    def has_finalizer(self) -> bool:
+        return FINALIZER in self.finalizers
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> DockerToken:
+        """Build the view; a spec the CRD schema would reject raises ConfigError naming the field."""
+        meta = obj.get("metadata") or {}
+        ns = str(meta.get("namespace") or "")
+        spec = obj.get("spec")
+        if not isinstance(spec, Mapping):
+            spec = {}
+        return cls(
+            namespace=ns,
+            name=str(meta.get("name") or ""),
+            uid=str(meta.get("uid") or ""),
+            generation=int(meta.get("generation") or 0),
+            resource_version=str(meta.get("resourceVersion") or ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+            finalizers=tuple(meta.get("finalizers") or ()),
+            title=spec.get("name") if isinstance(spec.get("name"), str) else "",
+            conn_secret=_ref(spec.get("connSecretRef"), ns) or Ref(ns, ""),
+            ret_secret=_ref(spec.get("retSecretRef"), ns),
+            preserve_in_quay=spec.get("preserveInQuayOnDeletion") is True,
+            status=Status.from_object(obj.get("status")),
+        )
+
+    def validate(self) -> None:
+        """Raise ConfigError for a spec that cannot be reconciled (older objects skip the schema)."""
+        if not self.conn_secret.name:
+            raise ConfigError("spec.connSecretRef.name: required; name the Secret with the Quay connection")
+        if not self.title:
+            raise ConfigError("spec.name: required; set the title of the Quay token to manage")
+        if len(self.title) > MAX_TITLE:
+            raise ConfigError(
+                f"spec.name: {len(self.title)} characters; Quay accepts at most {MAX_TITLE}, shorten it"
+            )
+        if self.ret_secret is not None and not self.ret_secret.name:
+            raise ConfigError("spec.retSecretRef.name: required when retSecretRef is set")
+
+
+def _ref(raw: object, default_namespace: str) -> Ref | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return Ref(str(raw.get("namespace") or default_namespace), str(raw.get("name") or ""))
