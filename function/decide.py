@@ -20,7 +20,7 @@ from function.secret import TokenData
 LEASE_TTL = datetime.timedelta(seconds=120)
 
 
-class TokenPlan(str, enum.Enum):
+class TokenPlan(enum.StrEnum):
     """How to obtain the token the Secret must hold."""
 
     KEEP = "keep"          # status UUID stands and the Secret holds its code: no Quay call
@@ -29,7 +29,7 @@ class TokenPlan(str, enum.Enum):
     ACQUIRE = "acquire"    # no usable UUID: adopt an unclaimed same-title token, else create
 
 
-class Lease(str, enum.Enum):
+class Lease(enum.StrEnum):
     NONE = "none"
     FRESH = "fresh"
     STALE = "stale"

@@ -7,18 +7,18 @@ unreachable servers become ``KubeTransient`` (503, retried), anything else ``Per
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from function.errors import KubeTransient, PermanentError
 from function.model import GROUP, PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 # (connect, read) seconds: an API server slower than this is treated as unavailable.
 REQUEST_TIMEOUT = (5, 30)
 PAGE_SIZE = 500
@@ -40,19 +40,20 @@ def load_client() -> Any:
         if _shared_client is None:
             from kubernetes import client, config
 
+            cfg: Any = config
             if os.environ.get("KUBERNETES_SERVICE_HOST"):
-                config.load_incluster_config()
+                cfg.load_incluster_config()
                 _shared_client = client.ApiClient()
             else:
-                _shared_client = config.new_client_from_config(
+                _shared_client = cfg.new_client_from_config(
                     config_file=os.environ.get("KUBECONFIG") or None
                 )
         return _shared_client
 
 
-def _call(what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
+def _call(what: str, fn: Callable[[], Any], *, missing_ok: bool = False) -> Any:
     """Run one API call and translate its failures; return None on 404 when ``missing_ok``."""
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     try:
@@ -86,30 +87,29 @@ class Kube:
     def __init__(self, api_client: Any = None) -> None:
         from kubernetes import client
 
-        self._api = api_client or load_client()
-        self._custom = client.CustomObjectsApi(self._api)
-        self._core = client.CoreV1Api(self._api)
+        self._api: Any = api_client or load_client()
+        # Any: plain dicts go in and out; the generated models are not used
+        self._custom: Any = client.CustomObjectsApi(self._api)
+        self._core: Any = client.CoreV1Api(self._api)
         self.writes = 0
 
     # -- DockerTokens ------------------------------------------------------------------------
     def get_dockertoken(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _call(
+        obj: dict[str, Any] | None = _call(
             f"get dockertoken {namespace}/{name}",
             lambda: self._custom.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT),
             missing_ok=True,
         )
+        return obj
 
     def iter_dockertokens(self) -> Iterator[dict[str, Any]]:
         """Every DockerToken in every namespace, a page at a time."""
         token: str | None = None
         while True:
-            page = _call(
-                "list dockertokens",
-                lambda: self._custom.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, limit=PAGE_SIZE, _continue=token,
-                    _request_timeout=REQUEST_TIMEOUT),
-            ) or {}
+            page = _call("list dockertokens", functools.partial(
+                self._custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, limit=PAGE_SIZE,
+                _continue=token, _request_timeout=REQUEST_TIMEOUT)) or {}
             yield from page.get("items") or ()
             token = (page.get("metadata") or {}).get("continue")
             if not token:

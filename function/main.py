@@ -124,4 +124,4 @@ def _install_hooks(app: flask.Flask) -> None:
 
 # functions-framework executes this module inside its app context (see docs/events.md).
 if flask.has_app_context():
-    _install_hooks(flask.current_app)  # type: ignore[arg-type]
+    _install_hooks(flask.current_app)

@@ -123,7 +123,7 @@ class DockerToken:
             resource_version=str(meta.get("resourceVersion") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),
-            title=spec.get("name") if isinstance(spec.get("name"), str) else "",
+            title=str(spec["name"]) if isinstance(spec.get("name"), str) else "",
             conn_secret=_ref(spec.get("connSecretRef"), ns) or Ref(ns, ""),
             ret_secret=_ref(spec.get("retSecretRef"), ns),
             preserve_in_quay=spec.get("preserveInQuayOnDeletion") is True,

@@ -31,3 +31,28 @@ def namespace(admin_api: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     client.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
     return name
+
+
+@pytest.fixture(scope="session")
+def function_proc(control_plane: ControlPlane) -> Iterator[Any]:
+    """The function under functions-framework, as the reconciler ServiceAccount (knative/ RBAC)."""
+    from tests.harness import FunctionProcess
+
+    with FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"]) as fn:
+        yield fn
+
+
+@pytest.fixture
+def quay() -> Iterator[Any]:
+    """A Quay simulator of the test's own: its token store and counters start empty."""
+    from tests.quaysim import QuaySimulator
+
+    with QuaySimulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def env(control_plane: ControlPlane, namespace: str, quay: Any, function_proc: Any) -> Any:
+    from tests.env import Env
+
+    return Env(control_plane, namespace, quay, function_proc)

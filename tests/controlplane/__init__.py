@@ -266,7 +266,7 @@ class ControlPlane:
 
     def api_client(self, identity: str = "admin") -> Any:
         """A kubernetes ApiClient for one of the identities (admin or a ServiceAccount name)."""
-        from kubernetes import client, config
+        from kubernetes import config
 
         return config.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
 

@@ -1,0 +1,148 @@
+"""One test's world: a namespace on the real control plane, a Quay simulator, the running function.
+
+Integration tests drive everything over HTTP: they create objects as the admin user, post
+events to the function as ApiServerSource would, and read back what a user would see.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests import harness
+from tests.controlplane import ControlPlane
+from tests.quaysim import ADMIN_TOKEN, QuaySimulator
+
+G, V, P = "quay.herve4m.github.io", "v1alpha1", "dockertokens"
+FINALIZER = "quay.herve4m.github.io/finalizer"
+USER = "devtable"
+_WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass
+class Env:
+    cp: ControlPlane
+    ns: str
+    quay: QuaySimulator
+    fn: harness.FunctionProcess
+
+    @property
+    def admin(self) -> Any:
+        return self.cp.api_client("admin")
+
+    @property
+    def custom(self) -> Any:
+        return client.CustomObjectsApi(self.admin)
+
+    @property
+    def core(self) -> Any:
+        return client.CoreV1Api(self.admin)
+
+    # -- objects ------------------------------------------------------------------------------
+    def conn_secret(self, name: str = "quay-credentials", namespace: str | None = None,
+                    **data: str) -> None:
+        data = data or {"host": self.quay.base_url, "token": ADMIN_TOKEN}
+        self.core.create_namespaced_secret(
+            namespace or self.ns, {"metadata": {"name": name}, "stringData": data})
+
+    def dockertoken(self, name: str = "dockertoken-sample", *, title: str = "mytoken",
+                    ret: str | None = "dockertoken-sample-ret-secret", **spec: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "apiVersion": f"{G}/{V}",
+            "kind": "DockerToken",
+            "metadata": {"name": name},
+            "spec": {"connSecretRef": {"name": "quay-credentials"}, "name": title, **spec},
+        }
+        if ret:
+            body["spec"]["retSecretRef"] = {"name": ret}
+        return dict(self.custom.create_namespaced_custom_object(G, V, self.ns, P, body))
+
+    def get(self, name: str = "dockertoken-sample") -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(G, V, self.ns, P, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_spec(self, name: str, **spec: Any) -> None:
+        self.custom.patch_namespaced_custom_object(G, V, self.ns, P, name, {"spec": spec})
+
+    def delete(self, name: str = "dockertoken-sample") -> None:
+        self.custom.delete_namespaced_custom_object(G, V, self.ns, P, name)
+
+    def secret(self, name: str = "dockertoken-sample-ret-secret",
+               namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            return self.admin.sanitize_for_serialization(
+                self.core.read_namespaced_secret(name, namespace or self.ns))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def secret_data(self, name: str = "dockertoken-sample-ret-secret",
+                    namespace: str | None = None) -> dict[str, str]:
+        found = self.secret(name, namespace)
+        assert found is not None, f"Secret {name} not found"
+        return {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
+
+    def ready(self, name: str = "dockertoken-sample") -> dict[str, Any]:
+        obj = self.get(name) or {}
+        conds = (obj.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "Ready"), {})
+
+    # -- events -------------------------------------------------------------------------------
+    def send(self, verb: str = "add", name: str = "dockertoken-sample", *, mode: str = "ref",
+             content: str = "binary") -> httpx.Response:
+        obj = self.get(name) or {"apiVersion": f"{G}/{V}", "kind": "DockerToken",
+                                 "metadata": {"name": name, "namespace": self.ns}}
+        event = harness.apiserver_event(verb, obj, mode=mode)
+        if content == "structured":
+            event = harness.structured(*event)
+        return harness.post(self.fn.url, event)
+
+    def resync(self, name: str = "dockertoken-sample") -> httpx.Response:
+        return harness.post(self.fn.url, harness.resync_event(self.ns, name))
+
+    # -- Quay ---------------------------------------------------------------------------------
+    def tokens(self, title: str | None = None) -> list[dict[str, Any]]:
+        return [t for t in self.quay.tokens(USER) if title is None or t["title"] == title]
+
+    # -- API server write counting (the server's own metrics) ------------------------------------
+    def write_count(self) -> int:
+        """Writes to dockertokens and secrets the API server has served so far."""
+        text = httpx.get(f"{self.cp.url}/metrics", verify=str(self.cp.ca_file),
+                         headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}).text
+        total = 0
+        for line in text.splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("verb") in _WRITE_VERBS and labels.get("resource") in ("dockertokens", "secrets"):
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def dockerconfig(data: dict[str, str]) -> dict[str, Any]:
+    return dict(json.loads(data[".dockerconfigjson"]))

@@ -1,0 +1,162 @@
+"""Run the function the way Knative does (functions-framework in its own process) and talk to it.
+
+Used by the integration tests, ``scripts/demo`` and the benchmarks. Events are built exactly as
+ApiServerSource sends them (binary mode, the kind/name/namespace/apiversion extensions).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+API_VERSION = "quay.herve4m.github.io/v1alpha1"
+RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
+
+
+def free_port() -> int:
+    from tests.controlplane import free_port as _free_port
+
+    return _free_port()
+
+
+class FunctionProcess:
+    """functions-framework serving function/main.py:handle on a free loopback port."""
+
+    def __init__(self, kubeconfig: Path, *, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
+        self.log_path = Path(tempfile.mkstemp(prefix="qdt-function-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> FunctionProcess:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
+            "KUBECONFIG": str(self.kubeconfig),
+            "LOG_LEVEL": "INFO",
+            "THREADS": "16",
+            **self.extra_env,
+        }
+        ff = Path(sys.executable).with_name("functions-framework")
+        argv = [str(ff), "--source", str(ROOT / "function" / "main.py"), "--target", "handle",
+                "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"function exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"function not healthy after {timeout} s:\n{self.logs()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> FunctionProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def apiserver_event(verb: str, obj: dict[str, Any], *, mode: str = "ref",
+                    source: str = "https://10.96.0.1:443") -> tuple[dict[str, str], bytes]:
+    """Headers and body of the binary-mode event ApiServerSource sends for ``obj``."""
+    import json
+
+    meta = obj.get("metadata") or {}
+    ns, name = meta.get("namespace", ""), meta.get("name", "")
+    kind = obj.get("kind", "DockerToken")
+    api_version = obj.get("apiVersion", API_VERSION)
+    if mode == "ref":
+        data: dict[str, Any] = {"kind": kind, "namespace": ns, "name": name, "apiVersion": api_version}
+        event_type = f"dev.knative.apiserver.ref.{verb}"
+    else:
+        data = obj
+        event_type = f"dev.knative.apiserver.resource.{verb}"
+    group_version = api_version if "/" in api_version else f"core/{api_version}"
+    headers = {
+        "Content-Type": "application/json",
+        "Ce-Specversion": "1.0",
+        "Ce-Id": str(uuid.uuid4()),
+        "Ce-Source": source,
+        "Ce-Type": event_type,
+        "Ce-Subject": f"/apis/{group_version}/namespaces/{ns}/{kind.lower()}s/{name}",
+        "Ce-Time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "Ce-Kind": kind,
+        "Ce-Name": name,
+        "Ce-Namespace": ns,
+        "Ce-Apiversion": api_version,
+        "Kn-Namespace": "quay-system",
+    }
+    return headers, json.dumps(data).encode()
+
+
+def resync_event(namespace: str, name: str) -> tuple[dict[str, str], bytes]:
+    """The CronJob's event (function/resync.py sends the same)."""
+    import json
+
+    headers = {
+        "Content-Type": "application/json",
+        "Ce-Specversion": "1.0",
+        "Ce-Id": str(uuid.uuid4()),
+        "Ce-Source": "/quay-dockertoken/resync",
+        "Ce-Type": RESYNC_TYPE,
+        "Ce-Kind": "DockerToken",
+        "Ce-Name": name,
+        "Ce-Namespace": namespace,
+        "Ce-Apiversion": API_VERSION,
+    }
+    return headers, json.dumps({"namespace": namespace, "name": name}).encode()
+
+
+def structured(headers: dict[str, str], body: bytes) -> tuple[dict[str, str], bytes]:
+    """The same event in structured content mode."""
+    import json
+
+    event: dict[str, Any] = {k[3:].lower(): v for k, v in headers.items() if k.lower().startswith("ce-")}
+    event["datacontenttype"] = "application/json"
+    event["data"] = json.loads(body)
+    return {"Content-Type": "application/cloudevents+json"}, json.dumps(event).encode()
+
+
+def post(url: str, event: tuple[dict[str, str], bytes], *, timeout: float = 60) -> httpx.Response:
+    headers, body = event
+    return httpx.post(url, headers=headers, content=body, timeout=timeout)
+
+
+def deliver(url: str, event: tuple[dict[str, str], bytes], *, attempts: int = 6) -> httpx.Response:
+    """Post like ApiServerSource: retry 404/413/425/429/502/503/504 with 100 ms x 2^n backoff."""
+    delay = 0.1
+    for attempt in range(attempts):
+        resp = post(url, event)
+        if resp.status_code not in (404, 413, 425, 429, 502, 503, 504) or attempt == attempts - 1:
+            return resp
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
