@@ -1,0 +1,37 @@
+"""A Quay simulator for tests and benchmarks: real HTTP(S) on loopback, behaving as recorded.
+
+Start one with ``QuaySimulator(...).start()`` (or ``with QuaySimulator() as sim:``) and point
+the client at ``sim.base_url``. Users ``devtable`` and ``reader`` have password ``password``;
+the OAuth tokens of the contract README exist with their scopes. Hooks: ``calls`` /
+``calls_by_auth`` / ``reset_counters()``, ``tokens(user)``, ``touch(uuid)``, ``advance(s)``,
+``inject(endpoint, ...)`` / ``clear_faults()``, ``simulated_cpu_seconds``, ``server_errors``.
+Standalone: ``python -m tests.quaysim --port 8080``.
+"""
+
+from __future__ import annotations
+
+from tests.quaysim.server import (
+    ADMIN_TOKEN,
+    ALLSCOPES_TOKEN,
+    EXPIRED_TOKEN,
+    PASSWORD,
+    READER_ADMIN_TOKEN,
+    READER_USERNAME,
+    READONLY_TOKEN,
+    REPOREAD_TOKEN,
+    USERNAME,
+    QuaySimulator,
+)
+
+__all__ = [
+    "ADMIN_TOKEN",
+    "ALLSCOPES_TOKEN",
+    "EXPIRED_TOKEN",
+    "PASSWORD",
+    "READER_ADMIN_TOKEN",
+    "READER_USERNAME",
+    "READONLY_TOKEN",
+    "REPOREAD_TOKEN",
+    "USERNAME",
+    "QuaySimulator",
+]
