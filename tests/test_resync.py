@@ -322,11 +322,22 @@ class FakeCustomObjects:
 
 def test_list_dockertokens_paginates() -> None:
     api = FakeCustomObjects()
-    names = [
-        (o["metadata"]["namespace"], o["metadata"]["name"]) for o in resync.list_dockertokens(api)
-    ]
+    names = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in resync.list_dockertokens(api)]
     assert names == [("a", "1"), ("a", "2"), ("b", "1"), ("c", "1")]
     assert [c.get("_continue") for c in api.calls] == [None, "c1", "c2"]
     for call in api.calls:
         assert call["gvp"] == ("quay.herve4m.github.io", "v1alpha1", "dockertokens")
         assert call["limit"] == 500
+
+
+def test_the_function_accepts_what_resync_sends(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
+    """The reconciler's own event parser maps each resync event to its object, with a Quay check."""
+    from function.events import parse_event
+
+    run(sink, OBJS, capsys)
+    targets = set()
+    for ev in sink.events():
+        target = parse_event(ev.get_attributes(), ev.data)
+        assert target is not None and target.verify_quay
+        targets.add((target.namespace, target.name))
+    assert targets == {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in OBJS}
