@@ -1,6 +1,6 @@
 """Full resync of every DockerToken: the entrypoint of the ``dockertoken-resync`` CronJob.
 
-Who calls it: the CronJob in ``knative/cronjob.yaml`` runs ``python -m function.resync`` on a
+Who calls it: the CronJob in ``knative/base/cronjob.yaml`` runs ``python -m function.resync`` on a
 schedule (every 10 minutes by default). You can also run it by hand with a KUBECONFIG.
 
 Why it exists: the ApiServerSource sends nothing for objects that already exist when its

@@ -1,4 +1,4 @@
-"""The kustomize builds (knative/ and knative-overlays/broker) are valid and say what we mean.
+"""The kustomize builds (knative/ and knative/overlays/broker) are valid and say what we mean.
 
 Every object of both builds is validated: the Knative kinds against the openAPIV3Schema of the
 real Knative CRDs (shared/schemas/knative, converted to JSON Schema with the API server's
@@ -28,7 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "knative"
-BROKER = ROOT / "knative-overlays" / "broker"
+BROKER = ROOT / "knative" / "overlays" / "broker"
 SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
@@ -198,7 +198,7 @@ def schema_errors(obj: dict[str, Any]) -> list[str]:
 
 
 def dockertoken_errors(obj: dict[str, Any]) -> list[str]:
-    validator = crd_validator(BASE / "crd-dockertoken.yaml", "v1alpha1")
+    validator = crd_validator(BASE / "base" / "crd-dockertoken.yaml", "v1alpha1")
     return [
         f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)
     ]
@@ -550,20 +550,20 @@ def _function_images(objs: list[dict[str, Any]]) -> set[str]:
 
 
 def test_image_is_set_through_kustomize_images() -> None:
-    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((BASE / "base" / "kustomization.yaml").read_text())
     (entry,) = [i for i in kust["images"] if i["name"] == IMAGE_NAME]
     expected = f"{entry['newName']}:{entry['newTag']}"
     for build in BUILDS:
         assert _function_images(built(build)) == {expected}
     for raw in ("service.yaml", "cronjob.yaml"):
-        assert f"image: {IMAGE_NAME}\n" in (BASE / raw).read_text()
+        assert f"image: {IMAGE_NAME}\n" in (BASE / "base" / raw).read_text()
 
 
 def test_changing_the_image_entry_changes_both_workloads(tmp_path: Path) -> None:
     """What `kustomize edit set image quay-dockertoken=...` does, checked on a copy."""
     copy_dir = tmp_path / "knative"
     shutil.copytree(BASE, copy_dir)
-    kust_file = copy_dir / "kustomization.yaml"
+    kust_file = copy_dir / "base" / "kustomization.yaml"
     kust = yaml.safe_load(kust_file.read_text())
     kust["images"] = [
         {"name": IMAGE_NAME, "newName": "registry.test/me/qdt", "digest": "sha256:" + "a" * 64}

@@ -27,9 +27,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-KNATIVE = ROOT / "knative"
+KNATIVE = ROOT / "knative" / "base"
 SA_NAMESPACE = "quay-system"
-# The ServiceAccounts of knative/rbac.yaml that tests impersonate with a token of their own.
+# The ServiceAccounts of knative/base/rbac.yaml that tests impersonate with a token of their own.
 SERVICE_ACCOUNTS = ("dockertoken-reconciler", "dockertoken-source", "dockertoken-resync")
 # Objects from knative/ that every test needs: the CRD, the namespace and the RBAC.
 BOOTSTRAP_FILES = ("namespace.yaml", "crd-dockertoken.yaml", "rbac.yaml")
