@@ -94,9 +94,18 @@ def decoded(secret: Mapping[str, Any]) -> dict[str, str]:
 
 
 def token_from(secret: Mapping[str, Any]) -> TokenData | None:
-    """The token a Secret of ours holds, or None when a key is missing."""
+    """The token a Secret of ours holds; None when a key is missing or the copies of the code
+    disagree (someone edited one of them: the code must then come from Quay again)."""
     data = decoded(secret)
     if not data.get("uuid") or not data.get("tokenCode"):
+        return None
+    auth = base64.b64encode(f"{USERNAME}:{data['tokenCode']}".encode()).decode()
+    try:
+        auths = json.loads(data.get(".dockerconfigjson", "")).get("auths", {})
+        copies = {entry.get("auth") for entry in auths.values()}
+    except (ValueError, AttributeError):
+        return None
+    if data.get("auth") != auth or copies != {auth}:
         return None
     return TokenData(
         uuid=data["uuid"],

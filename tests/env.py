@@ -74,8 +74,8 @@ class Env:
                 return None
             raise
 
-    def patch_spec(self, name: str, **spec: Any) -> None:
-        self.custom.patch_namespaced_custom_object(G, V, self.ns, P, name, {"spec": spec})
+    def patch_spec(self, dt_name: str = "dockertoken-sample", **spec: Any) -> None:
+        self.custom.patch_namespaced_custom_object(G, V, self.ns, P, dt_name, {"spec": spec})
 
     def delete(self, name: str = "dockertoken-sample") -> None:
         self.custom.delete_namespaced_custom_object(G, V, self.ns, P, name)
@@ -117,6 +117,17 @@ class Env:
     # -- Quay ---------------------------------------------------------------------------------
     def tokens(self, title: str | None = None) -> list[dict[str, Any]]:
         return [t for t in self.quay.tokens(USER) if title is None or t["title"] == title]
+
+    def quay_create(self, title: str) -> str:
+        """A token made by hand in Quay's UI (or by the old operator); returns its uuid."""
+        return self.quay.state.create_token(USER, title).uuid
+
+    def quay_revoke(self, uuid: str) -> None:
+        """Revoke a token by hand in Quay's UI."""
+        assert self.quay.state.revoke_token(USER, uuid) is not None
+
+    def quay_calls(self, endpoint: str | None = None) -> int:
+        return int(self.quay.total_calls if endpoint is None else self.quay.calls.get(endpoint, 0))
 
     # -- API server write counting (the server's own metrics) ------------------------------------
     def write_count(self) -> int:

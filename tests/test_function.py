@@ -10,7 +10,7 @@ import pytest
 
 from tests import harness
 from tests.env import FINALIZER, Env, dockerconfig
-from tests.quaysim import ADMIN_TOKEN, PASSWORD, USERNAME
+from tests.quaysim import PASSWORD, USERNAME
 
 
 def _assert_pull_secret(env: Env, *, title: str = "mytoken") -> dict[str, str]:
@@ -63,11 +63,11 @@ def test_second_identical_event_writes_nothing_and_calls_quay_never(env: Env) ->
     assert env.send("update").status_code == 204
     rv = env.get()["metadata"]["resourceVersion"]  # type: ignore[index]
     secret_rv = env.secret()["metadata"]["resourceVersion"]  # type: ignore[index]
-    writes, calls = env.write_count(), env.quay.total_calls()
+    writes, calls = env.write_count(), env.quay_calls()
     for mode in ("ref", "resource"):
         assert env.send("update", mode=mode).status_code == 204
     assert env.write_count() == writes
-    assert env.quay.total_calls() == calls
+    assert env.quay_calls() == calls
     assert env.get()["metadata"]["resourceVersion"] == rv  # type: ignore[index]
     assert env.secret()["metadata"]["resourceVersion"] == secret_rv  # type: ignore[index]
 
@@ -92,7 +92,7 @@ def test_token_revoked_in_quay_is_replaced_on_resync(env: Env) -> None:
     env.dockertoken()
     env.send("add")
     old = env.get()["status"]["uuid"]  # type: ignore[index]
-    env.quay.revoke(USER_NAME, old)
+    env.quay_revoke(old)
     assert env.resync().status_code == 204
     data = _assert_pull_secret(env)
     assert data["uuid"] != old
@@ -186,7 +186,7 @@ def test_preserve_in_quay_keeps_the_token(env: Env) -> None:
 
 
 def test_object_from_the_ansible_operator_adopts_its_token(env: Env) -> None:
-    existing = env.quay.create_token(USER_NAME, "mytoken")
+    existing = env.quay_create("mytoken")
     env.conn_secret()
     body = env.dockertoken()
     env.custom.patch_namespaced_custom_object(
@@ -197,9 +197,9 @@ def test_object_from_the_ansible_operator_adopts_its_token(env: Env) -> None:
         {"status": {"existInQuay": True, "message": ""}})
     env.quay.reset_counters()
     assert env.send("update").status_code == 204
-    assert env.quay.calls("create") == 0
+    assert env.quay_calls("create") == 0
     data = _assert_pull_secret(env)
-    assert data["uuid"] == existing["uuid"]
+    assert data["uuid"] == existing
 
 
 def test_cleanup_blocked_then_preserve_lets_it_go(env: Env) -> None:
@@ -255,7 +255,7 @@ def test_username_and_password_sign_in(env: Env) -> None:
     env.dockertoken()
     assert env.send("add").status_code == 204
     _assert_pull_secret(env)
-    assert env.quay.calls("signout") >= 1
+    assert env.quay_calls("signout") >= 1
 
 
 def test_other_kinds_and_gone_objects_are_acknowledged(env: Env) -> None:
@@ -274,6 +274,3 @@ def test_health_route_and_malformed_event(env: Env) -> None:
     resp = harness.post(env.fn.url, (headers, b'{"namespace": "Not_Valid", "name": "x"}'))
     assert resp.status_code == 400 and "namespace" in resp.text
 
-
-USER_NAME = "devtable"
-_ = ADMIN_TOKEN
