@@ -103,13 +103,19 @@ class Kube:
         )
         return obj
 
-    def iter_dockertokens(self) -> Iterator[dict[str, Any]]:
-        """Every DockerToken in every namespace, a page at a time."""
+    def iter_dockertokens(self, namespace: str | None = None,
+                          page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
+        """Every DockerToken (in one namespace, or all), a page at a time."""
         token: str | None = None
         while True:
-            page = _call("list dockertokens", functools.partial(
-                self._custom.list_cluster_custom_object, GROUP, VERSION, PLURAL, limit=PAGE_SIZE,
-                _continue=token, _request_timeout=REQUEST_TIMEOUT)) or {}
+            kwargs = {"limit": page_size, "_continue": token, "_request_timeout": REQUEST_TIMEOUT}
+            if namespace:
+                call = functools.partial(self._custom.list_namespaced_custom_object, GROUP, VERSION,
+                                         namespace, PLURAL, **kwargs)
+            else:
+                call = functools.partial(self._custom.list_cluster_custom_object, GROUP, VERSION,
+                                         PLURAL, **kwargs)
+            page = _call("list dockertokens", call) or {}
             yield from page.get("items") or ()
             token = (page.get("metadata") or {}).get("continue")
             if not token:

@@ -39,7 +39,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,28 +47,23 @@ from typing import Any
 
 import httpx
 
+from function.events import RESYNC_TYPE
+from function.model import API_VERSION, KIND, PLURAL
+
 __all__ = [
     "EVENT_SOURCE",
     "EVENT_TYPE",
     "Delivery",
     "ObjectRef",
-    "list_dockertokens",
     "main",
     "resync_event",
 ]
 
 log = logging.getLogger("function.resync")
 
-GROUP = "quay.herve4m.github.io"
-VERSION = "v1alpha1"
-PLURAL = "dockertokens"
-KIND = "DockerToken"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-EVENT_TYPE = "io.github.herve4m.quay.dockertoken.resync"
+EVENT_TYPE = RESYNC_TYPE
 EVENT_SOURCE = "/quay-dockertoken/resync"
 
-PAGE_SIZE = 500
 #: Statuses worth another attempt: the Knative activator/queue-proxy or Broker say "not now".
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Delay before retry 1, 2 and 3.
@@ -99,45 +94,6 @@ class Delivery:
     ok: bool
     attempts: int
     detail: str = ""
-
-
-# --- Kubernetes listing (small on purpose: it may move into function/kube.py) --------------
-
-
-def _custom_objects_api() -> Any:
-    """A CustomObjectsApi configured in-cluster, or from KUBECONFIG when run outside a Pod."""
-    # Imported here so the unit tests never touch kubeconfig; typed as Any because the client's
-    # config loaders have no annotations.
-    from kubernetes import client, config
-
-    kconfig: Any = config
-    try:
-        kconfig.load_incluster_config()
-    except kconfig.ConfigException:
-        kconfig.load_kube_config()
-    return client.CustomObjectsApi()
-
-
-def list_dockertokens(
-    api: Any | None = None, page_size: int = PAGE_SIZE
-) -> Iterator[dict[str, Any]]:
-    """Yield every DockerToken in the cluster, one page of ``page_size`` at a time.
-
-    Raises whatever the client raises (ApiException, urllib3 errors, ConfigException); a list
-    that cannot complete (for example an expired continue token, 410) is a failed listing.
-    """
-    if api is None:
-        api = _custom_objects_api()
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"limit": page_size, "_request_timeout": 60}
-        if token:
-            kwargs["_continue"] = token
-        page = api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
-        yield from page.get("items") or []
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return
 
 
 # --- Events and delivery ---------------------------------------------------------------------
@@ -248,12 +204,24 @@ def _parser() -> argparse.ArgumentParser:
         help="deliveries in flight at once (env RESYNC_CONCURRENCY, default 8)",
     )
     p.add_argument(
+        "--namespace",
+        default=env.get("RESYNC_NAMESPACE") or None,
+        help="only the DockerTokens of this namespace (env RESYNC_NAMESPACE; default: all)",
+    )
+    p.add_argument(
         "--timeout",
         type=_positive_float,
         default=env.get("RESYNC_TIMEOUT", str(DEFAULT_TIMEOUT)),
         help="seconds per HTTP request (env RESYNC_TIMEOUT, default 60)",
     )
     return p
+
+
+def _lister(namespace: str | None) -> Lister:
+    """DockerTokens from the API server: in-cluster config in the Job's Pod, else KUBECONFIG."""
+    from function.kube import Kube
+
+    return lambda: Kube().iter_dockertokens(namespace)
 
 
 def _setup_logging() -> None:
@@ -296,7 +264,7 @@ def main(
         print(json.dumps(line), flush=True)
 
     try:
-        refs = [_ref(obj) for obj in (lister or list_dockertokens)()]
+        refs = [_ref(obj) for obj in (lister or _lister(args.namespace))()]
     except Exception as exc:
         log.error("listing DockerTokens failed: %s", _excerpt(f"{type(exc).__name__}: {exc}"))
         summary()

@@ -295,41 +295,6 @@ def test_bad_configuration_exits_2(argv: list[str], monkeypatch: pytest.MonkeyPa
     assert exc.value.code == 2
 
 
-class FakeCustomObjects:
-    """Stands in for CustomObjectsApi.list_cluster_custom_object: three pages."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.pages = {
-            None: ([token("a", "1"), token("a", "2")], "c1"),
-            "c1": ([token("b", "1")], "c2"),
-            "c2": ([token("c", "1")], None),
-        }
-
-    def list_cluster_custom_object(
-        self, group: str, version: str, plural: str, **kwargs: Any
-    ) -> dict[str, Any]:
-        self.calls.append({"gvp": (group, version, plural), **kwargs})
-        items, cont = self.pages[kwargs.get("_continue")]
-        meta = {"continue": cont} if cont else {}
-        return {
-            "apiVersion": API_VERSION,
-            "kind": "DockerTokenList",
-            "metadata": meta,
-            "items": items,
-        }
-
-
-def test_list_dockertokens_paginates() -> None:
-    api = FakeCustomObjects()
-    names = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in resync.list_dockertokens(api)]
-    assert names == [("a", "1"), ("a", "2"), ("b", "1"), ("c", "1")]
-    assert [c.get("_continue") for c in api.calls] == [None, "c1", "c2"]
-    for call in api.calls:
-        assert call["gvp"] == ("quay.herve4m.github.io", "v1alpha1", "dockertokens")
-        assert call["limit"] == 500
-
-
 def test_the_function_accepts_what_resync_sends(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
     """The reconciler's own event parser maps each resync event to its object, with a Quay check."""
     from function.events import parse_event

@@ -1,0 +1,153 @@
+"""The deployment's moving parts on the real control plane, each as its own identity from knative/:
+Knative's real ApiServerSource receive adapter feeding the function, and the resync command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.controlplane import ROOT, ControlPlane
+from tests.env import Env, wait_for
+from tests.harness import FunctionProcess
+
+
+
+@pytest.fixture(scope="module")
+def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
+    """apiserver_receive_adapter watching every DockerToken, as the ApiServerSource of knative/ sets it up."""
+    binary = subprocess.run([str(ROOT / "scripts" / "build-controlplane"), "--adapter"], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    source_config = {
+        "namespaces": [], "allNamespaces": True, "mode": "Reference",
+        "resources": [{"gvr": {"Group": "quay.herve4m.github.io", "Version": "v1alpha1",
+                               "Resource": "dockertokens"}}],
+    }
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KUBECONFIG": str(control_plane.kubeconfigs["dockertoken-source"]),
+        "K_SOURCE_CONFIG": json.dumps(source_config),
+        "K_SINK": function_proc.url + "/",
+        "NAME": "dockertoken-source",
+        "NAMESPACE": "quay-system",
+        "K_LOGGING_CONFIG": "{}",
+        "K_OBSERVABILITY_CONFIG": "{}",
+    }
+    log = Path(tempfile.mkstemp(prefix="qdt-adapter-", suffix=".log")[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, "--disable-ha"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_watching(control_plane, function_proc, proc, log)
+        yield log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess.Popen[bytes],
+                         log: Path) -> None:
+    """Objects that exist when the adapter lists produce no event, so prove the watch is live: a
+    sentinel created now must reach the function."""
+    custom = client.CustomObjectsApi(cp.api_client())
+    client.CoreV1Api(cp.api_client()).create_namespace({"metadata": {"name": "adapter-sentinel"}})
+    for attempt in range(30):
+        assert proc.poll() is None, log.read_text()
+        name = f"sentinel-{attempt}"
+        custom.create_namespaced_custom_object(
+            "quay.herve4m.github.io", "v1alpha1", "adapter-sentinel", "dockertokens",
+            {"apiVersion": "quay.herve4m.github.io/v1alpha1", "kind": "DockerToken",
+             "metadata": {"name": name}, "spec": {"connSecretRef": {"name": "none"}, "name": "x",
+                                                  "preserveInQuayOnDeletion": True}})
+        try:
+            wait_for(lambda n=name: f'"name": "{n}"' in fn.logs(), timeout=1, what="sentinel")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"the adapter never delivered an event:\n{log.read_text()[-3000:]}")
+
+
+def test_real_apiserversource_adapter_drives_the_whole_lifecycle(env: Env, adapter: Path) -> None:
+    """No event is posted by the test: every change reaches the function through the adapter."""
+    env.conn_secret()
+    env.dockertoken()
+    data = wait_for(lambda: env.secret() and env.secret_data(), what="return Secret")
+    assert data["name"] == "mytoken" and data["uuid"] == env.tokens("mytoken")[0]["uuid"]
+    wait_for(lambda: env.ready().get("status") == "True", what="Ready")
+
+    env.patch_spec(name="renamed")
+    wait_for(lambda: env.secret_data().get("name") == "renamed", what="Secret to follow the rename")
+    wait_for(lambda: env.tokens("mytoken") == [], what="old token revoked")
+    assert len(env.tokens("renamed")) == 1
+
+    env.delete()
+    wait_for(lambda: env.get() is None, what="DockerToken to be finalized")
+    assert env.secret() is None
+    assert env.tokens() == []
+    seen = {(line["event"], line["outcome"]) for line in _log_lines(env.fn) if line.get("namespace") == env.ns}
+    assert ("dev.knative.apiserver.ref.add", "ready") in seen
+    assert ("dev.knative.apiserver.ref.update", "finalized") in seen
+
+
+def _log_lines(fn: FunctionProcess) -> list[dict[str, Any]]:
+    out = []
+    for line in fn.logs().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _resync(cp: ControlPlane, fn: FunctionProcess, namespace: str) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "function.resync", "--sink", fn.url, "--namespace", namespace],
+        env={**os.environ, "KUBECONFIG": str(cp.kubeconfigs["dockertoken-resync"])},
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_resync_command_restores_a_deleted_return_secret(env: Env) -> None:
+    env.conn_secret()
+    for name in ("a", "b", "c"):
+        env.dockertoken(name, title=f"tok-{name}", ret=f"{name}-pull")
+    code, summary = _resync(env.cp, env.fn, env.ns)  # also brings objects that never had an event
+    assert (code, summary["listed"], summary["sent"], summary["failed"]) == (0, 3, 3, 0)
+    first = env.secret_data("b-pull")
+    env.core.delete_namespaced_secret("b-pull", env.ns)
+    calls = env.quay_calls()
+    code, summary = _resync(env.cp, env.fn, env.ns)
+    assert (code, summary["sent"], summary["failed"]) == (0, 3, 0)
+    assert env.secret_data("b-pull") == first
+    # one list for the connection (the cache), one GET for the lost code: never a new token
+    assert env.quay_calls() - calls <= 2 and len(env.tokens()) == 3
+
+
+def test_resync_identity_can_only_list_dockertokens(control_plane: ControlPlane, namespace: str) -> None:
+    api = control_plane.api_client("dockertoken-resync")
+    custom = client.CustomObjectsApi(api)
+    assert custom.list_cluster_custom_object("quay.herve4m.github.io", "v1alpha1", "dockertokens")
+    for call in (lambda: client.CoreV1Api(api).read_namespaced_secret("x", namespace),
+                 lambda: custom.get_namespaced_custom_object(
+                     "quay.herve4m.github.io", "v1alpha1", namespace, "dockertokens", "x")):
+        with pytest.raises(ApiException) as err:
+            call()
+        assert err.value.status == 403
+
+
+def test_resync_reports_failed_deliveries(env: Env) -> None:
+    env.conn_secret()
+    env.dockertoken()
+    env.quay.inject("*", statuses=[503] * 20)
+    code, summary = _resync(env.cp, env.fn, env.ns)
+    assert code == 1 and summary["failed"] == 1
+    env.quay.clear_faults()
+    assert _resync(env.cp, env.fn, env.ns)[0] == 0
