@@ -21,7 +21,6 @@ from tests.env import Env, wait_for
 from tests.harness import FunctionProcess
 
 
-
 @pytest.fixture(scope="module")
 def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
     """apiserver_receive_adapter watching every DockerToken, as the ApiServerSource of knative/ sets it up."""
@@ -92,7 +91,8 @@ def test_real_apiserversource_adapter_drives_the_whole_lifecycle(env: Env, adapt
     wait_for(lambda: env.get() is None, what="DockerToken to be finalized")
     assert env.secret() is None
     assert env.tokens() == []
-    seen = {(line["event"], line["outcome"]) for line in _log_lines(env.fn) if line.get("namespace") == env.ns}
+    seen = {(line["event"], line["outcome"])
+            for line in _log_lines(env.fn) if line.get("namespace") == env.ns}
     assert ("dev.knative.apiserver.ref.add", "ready") in seen
     assert ("dev.knative.apiserver.ref.update", "finalized") in seen
 
