@@ -141,7 +141,7 @@ def run(core: Any, custom: Any, fn: harness.FunctionProcess, kubeconfig: Path, q
             cfg = json.loads(text)
             for entry in cfg["auths"].values():
                 entry["auth"] = masked(entry["auth"])
-            text = json.dumps(cfg)
+            text = json.dumps(cfg, ensure_ascii=False)
         print(f"  {key}: {text}")
     uuid = obj()["status"]["uuid"]
     say("Posting the update event the function's own status write causes: nothing to do")

@@ -1,0 +1,123 @@
+"""The pure decisions: token plans, leases, adoption, revocation and status patches. No I/O."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from function import conditions, decide
+from function.cache import Listed
+from function.model import DockerToken
+from function.secret import TokenData
+
+NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
+
+
+def make_dt(*, status: dict[str, Any] | None = None, title: str = "mytoken", ret: bool = True,
+            uid: str = "uid-1") -> DockerToken:
+    spec: dict[str, Any] = {"connSecretRef": {"name": "conn"}, "name": title}
+    if ret:
+        spec["retSecretRef"] = {"name": "pull"}
+    return DockerToken.from_object({"metadata": {"namespace": "ns", "name": "dt", "uid": uid,
+                                                 "generation": 1}, "spec": spec, "status": status or {}})
+
+
+HELD = TokenData("u1", "mytoken", "CODE", "created", "", "")
+
+
+@pytest.mark.parametrize(
+    ("status", "title", "ret", "held", "verify", "plan"),
+    [
+        pytest.param({}, "mytoken", True, None, False, decide.TokenPlan.ACQUIRE, id="new-object"),
+        pytest.param({"existInQuay": True}, "mytoken", True, None, False, decide.TokenPlan.ACQUIRE,
+                     id="migrated-without-uuid"),
+        pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", True, HELD, False,
+                     decide.TokenPlan.KEEP, id="in-order-event"),
+        pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", True, HELD, True,
+                     decide.TokenPlan.VERIFY, id="in-order-resync"),
+        pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", True, None, False,
+                     decide.TokenPlan.FETCH, id="secret-lost"),
+        pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", False, None, False,
+                     decide.TokenPlan.KEEP, id="no-return-secret"),
+        pytest.param({"uuid": "u1", "tokenName": "old"}, "mytoken", True, HELD, False,
+                     decide.TokenPlan.ACQUIRE, id="renamed"),
+        pytest.param({"uuid": "u1", "tokenName": "mytoken", "expiration": "Thu, 26 Nov 2026 11:00:00 -0000"},
+                     "mytoken", True, HELD, False, decide.TokenPlan.ACQUIRE, id="expired"),
+        pytest.param({"uuid": "u1", "tokenName": "mytoken", "expiration": "Fri, 27 Nov 2026 11:00:00 -0000"},
+                     "mytoken", True, HELD, False, decide.TokenPlan.KEEP, id="expires-later"),
+    ],
+)
+def test_plan_token(status: dict[str, Any], title: str, ret: bool, held: TokenData | None, verify: bool,
+                    plan: decide.TokenPlan) -> None:
+    got, why = decide.plan_token(make_dt(status=status, title=title, ret=ret), held, verify=verify, now=NOW)
+    assert got is plan
+    if plan is decide.TokenPlan.ACQUIRE and status.get("uuid"):
+        assert why  # a replacement always says why in status
+
+
+@pytest.mark.parametrize(
+    ("creation", "lease"),
+    [
+        pytest.param(None, decide.Lease.NONE, id="none"),
+        pytest.param({"id": "a", "title": "t", "since": "2026-11-26T11:59:30Z"}, decide.Lease.FRESH, id="fresh"),
+        pytest.param({"id": "a", "title": "t", "since": "2026-11-26T11:50:00Z"}, decide.Lease.STALE, id="stale"),
+        pytest.param({"id": "a", "title": "t", "since": "garbage"}, decide.Lease.STALE, id="unparsable"),
+    ],
+)
+def test_lease_state(creation: dict[str, str] | None, lease: decide.Lease) -> None:
+    assert decide.lease_state(make_dt(status={"creation": creation}).status.creation, NOW) is lease
+
+
+def _obj(uid: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "namespace": "ns", "name": uid}, "status": status}
+
+
+def test_claimed_uuids_ignore_self_and_include_pending_revocations() -> None:
+    objs = [_obj("me", uuid="mine"), _obj("o1", uuid="a", pendingRevocation=["b"]), _obj("o2")]
+    assert decide.claimed_uuids(objs, except_uid="me") == {"a", "b"}
+
+
+def test_older_lease_wins_and_exactly_one_side_yields() -> None:
+    a_lease = {"id": "1", "title": "t", "since": "2026-11-26T11:59:50Z"}
+    b_lease = {"id": "2", "title": "t", "since": "2026-11-26T11:59:55Z"}
+    a = make_dt(status={"creation": a_lease}, title="t", uid="a")
+    b = make_dt(status={"creation": b_lease}, title="t", uid="b")
+    objs = [_obj("a", creation=a_lease), _obj("b", creation=b_lease)]
+    assert a.status.creation is not None and b.status.creation is not None
+    assert decide.yields_to(objs, a, a.status.creation, NOW) == ""
+    assert decide.yields_to(objs, b, b.status.creation, NOW) == "ns/a"
+    other_title = [_obj("a", creation={**a_lease, "title": "other"})]
+    assert decide.yields_to(other_title, b, b.status.creation, NOW) == ""
+
+
+def test_adoption_takes_the_newest_unclaimed_unexpired_same_title_token() -> None:
+    tokens = [
+        Listed("old", "t", "Thu, 26 Nov 2026 10:00:00 -0000", "", ""),
+        Listed("new", "t", "Thu, 26 Nov 2026 11:00:00 -0000", "", ""),
+        Listed("claimed", "t", "Thu, 26 Nov 2026 11:30:00 -0000", "", ""),
+        Listed("expired", "t", "Thu, 26 Nov 2026 11:40:00 -0000", "Thu, 26 Nov 2026 11:50:00 -0000", ""),
+        Listed("other", "x", "Thu, 26 Nov 2026 11:45:00 -0000", "", ""),
+    ]
+    pick = decide.pick_adoptable(tokens, title="t", claimed={"claimed"}, now=NOW)
+    assert pick is not None and pick.uuid == "new"
+    assert decide.pick_adoptable(tokens, title="none", claimed=set(), now=NOW) is None
+    assert decide.revocable(tokens, title="t", claimed={"claimed"}) == ["old", "new", "expired"]
+
+
+def test_status_patch_is_empty_when_nothing_changes() -> None:
+    current = {"uuid": "u", "message": "", "conditions": [{"type": "Ready", "status": "True"}]}
+    assert decide.status_patch(current, dict(current)) == {}
+    assert decide.status_patch(current, {**current, "creation": None}) == {}
+    assert decide.status_patch(current, {**current, "message": "x", "uuid": None}) == {"message": "x", "uuid": None}
+
+
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
+    first = conditions.set_ready([], ready=True, reason="A", message="", generation=1, now="t1")
+    again = conditions.set_ready(first, ready=True, reason="B", message="m", generation=2, now="t2")
+    assert [c["lastTransitionTime"] for c in again] == ["t1", "t1"]
+    assert {c["type"] for c in again} == {"Ready", "Successful"}
+    flipped = conditions.set_ready(again, ready=False, reason="C", message="", generation=2, now="t3")
+    assert [c["lastTransitionTime"] for c in flipped] == ["t3", "t3"]
+    assert all(c["status"] == "False" and c["observedGeneration"] == 2 for c in flipped)
