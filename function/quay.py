@@ -6,6 +6,11 @@ Quay's web UI does (CSRF page token, session cookie, ``X-Next-CSRF-Token``). Eve
 leaves as a :mod:`function.errors` Quay error: transport errors are mapped in
 :func:`_transport_error`, statuses in :meth:`QuayClient._raise_for_status`. Messages carry
 Quay's own error text and the method and path, never a credential.
+
+A 404 with Quay's JSON ``not_found`` body is :class:`QuayNotFound` (unknown token). Any other 404
+(Quay's HTML page, a proxy's) means the endpoint itself is missing: application tokens are
+disabled (FEATURE_APP_SPECIFIC_TOKENS) or ``host`` carries a wrong path; that is
+:class:`QuayFeatureDisabled`, never "not found", so a cleanup cannot mistake it for "revoked".
 """
 
 from __future__ import annotations
@@ -82,12 +87,21 @@ class QuayClient:
         headers = {"User-Agent": USER_AGENT}
         if conn.token:
             headers["Authorization"] = f"Bearer {conn.token}"
-        self._http = httpx.Client(
-            base_url=conn.base_url, headers=headers, timeout=httpx.Timeout(conn.timeout),
-            verify=_ssl_context(conn.validate_certs, os.environ.get("SSL_CERT_FILE"),
-                                os.environ.get("SSL_CERT_DIR")),
-            transport=transport, follow_redirects=False,
-        )
+        cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+        try:
+            context = _ssl_context(conn.validate_certs, cafile, capath)
+        # A broken SSL_CERT_FILE/SSL_CERT_DIR cannot heal by retrying.
+        except OSError as exc:
+            raise QuayTLSError(f"cannot load the CA certificates of SSL_CERT_FILE={cafile!r} "
+                               f"SSL_CERT_DIR={capath!r}: {exc}") from exc
+        try:
+            self._http = httpx.Client(
+                base_url=conn.base_url, headers=headers, timeout=httpx.Timeout(conn.timeout),
+                verify=context, transport=transport, follow_redirects=False,
+            )
+        # parse_connection validates host; this guards hand-built Connections.
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"host {conn.base_url!r} is not a usable URL ({exc})") from exc
 
     def __enter__(self) -> QuayClient:
         return self
@@ -300,8 +314,10 @@ class QuayClient:
 
     def _shape_error(self, method: str, path: str, body: dict[str, Any],
                      key: str) -> QuayUnexpectedResponse:
-        return QuayUnexpectedResponse(f"{method} {path}: the answer has no valid {key!r} "
-                                      f"(keys: {', '.join(sorted(map(str, body)))})")
+        return self._scrubbed(QuayUnexpectedResponse(
+            f"{method} {path}: the answer has no valid {key!r} "
+            f"(keys: {_excerpt(', '.join(sorted(map(str, body))))})"
+        ))
 
     def _message(self, response: httpx.Response) -> str:
         """Quay's own error text: error_message/detail, error or message, else an excerpt."""
@@ -327,7 +343,8 @@ class QuayClient:
     def _scrubbed(self, error: _E) -> _E:
         """Remove any credential the message might have picked up from an echoed body."""
         message = str(error)
-        for secret in (self._conn.token, self._conn.password, self._csrf):
+        cookies = [cookie.value for cookie in self._http.cookies.jar if cookie.value]
+        for secret in (self._conn.token, self._conn.password, self._csrf, *cookies):
             if secret:
                 message = message.replace(secret, "***")
         message = _CODE_LIKE.sub("***", message)

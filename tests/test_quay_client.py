@@ -811,3 +811,15 @@ def test_registry_login_with_a_created_token(sim: QuaySimulator) -> None:
         assert answer.status_code == 200 and answer.json()["token"].count(".") == 2
         (listed,) = client.list_tokens()
         assert listed.last_accessed is not None
+
+
+def test_bad_environment_and_hand_made_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(QuayTLSError, match="SSL_CERT_FILE"):
+        QuayClient(oauth(base_url="https://quay.example.com"))
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with pytest.raises(ConfigError, match="not a usable URL"):
+        QuayClient(Connection("http://quay:x", "quay:x", token=ADMIN_TOKEN))
+    with QuayClient(Connection("", "", token=ADMIN_TOKEN)) as client, \
+            pytest.raises(ConfigError, match="not a usable URL"):
+        client.list_tokens()
