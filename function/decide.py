@@ -111,6 +111,27 @@ def yields_to(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creat
     return ""
 
 
+def waits_for(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
+              now: datetime.datetime) -> str:
+    """Name of another DockerToken with a younger fresh lease on the same title, or "".
+
+    The younger side yields once it sees us, but it may have looked before our lease landed
+    (clocks differ between pods, and ``since`` has one-second resolution): then it is POSTing
+    now and its token is not claimed yet. The older side must wait for it to record its token
+    before looking for one to adopt, or both objects would own the same token.
+    """
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        if meta.get("uid") == dt.uid:
+            continue
+        other = Status.from_object(obj.get("status")).creation
+        if other is None or other.title != ours.title or lease_state(other, now) is not Lease.FRESH:
+            continue
+        if (other.since, str(meta.get("uid"))) >= (ours.since, dt.uid):
+            return f"{meta.get('namespace')}/{meta.get('name')}"
+    return ""
+
+
 def pick_adoptable(tokens: Iterable[Listed], *, title: str, claimed: set[str],
                    now: datetime.datetime) -> Listed | None:
     """The newest unexpired token with this title that no other DockerToken claims."""

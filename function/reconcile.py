@@ -31,7 +31,7 @@ from function.errors import (
     TemporaryError,
 )
 from function.kube import Conflict, Kube
-from function.model import FINALIZER, Creation, DockerToken, Ref
+from function.model import FINALIZER, Creation, DockerToken, Ref, Status
 from function.quay import AppToken, QuayClient
 
 logger = logging.getLogger(__name__)
@@ -235,12 +235,7 @@ class _Pass:
         assert self.conn is not None
         dt = self._take_lease()
         try:
-            others = list(self.kube.iter_dockertokens())
-            assert dt.status.creation is not None
-            blocker = decide.yields_to(others, dt, dt.status.creation, self.now)
-            if blocker:
-                raise TemporaryError(
-                    f"DockerToken {blocker} is creating a token titled {dt.title!r}; retrying after it")
+            others = self._others_once_rivals_settled(dt)
             claimed = decide.claimed_uuids(others, except_uid=dt.uid) | {dt.status.uuid}
             pick = decide.pick_adoptable([_listed(t) for t in self.quay.list_tokens()],
                                          title=dt.title, claimed=claimed, now=self.now)
@@ -270,6 +265,33 @@ class _Pass:
         # record at once, before anything else can fail: this is what makes the token ours
         self._write_status(recorded)
         return data
+
+    def _others_once_rivals_settled(self, dt: DockerToken) -> list[dict[str, Any]]:
+        """Every DockerToken, read once no other one holds a fresh lease on our title.
+
+        Both sides take their lease before looking, so at least one sees the other. The side
+        holding the younger lease steps back (503; our caller frees the lease). The older side
+        waits until the younger one is done: that one may not have seen us and be POSTing now,
+        and its token must be claimed before we look for one to adopt.
+        """
+        ours = dt.status.creation
+        assert ours is not None
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        while True:
+            others = list(self.kube.iter_dockertokens())
+            blocker = decide.yields_to(others, dt, ours, self.now)
+            if blocker:
+                raise TemporaryError(
+                    f"DockerToken {blocker} is creating a token titled {dt.title!r}; retrying after it"
+                ).with_reason(conditions.CREATION_IN_PROGRESS)
+            rival = decide.waits_for(others, dt, ours, self.now)
+            if not rival:
+                return others
+            if time.monotonic() > deadline:
+                raise TemporaryError(
+                    f"DockerToken {rival} is creating a token titled {dt.title!r}; retrying after it"
+                ).with_reason(conditions.CREATION_IN_PROGRESS)
+            time.sleep(LEASE_POLL_SECONDS)
 
     def _take_lease(self) -> DockerToken:
         dt = self.dt
@@ -416,7 +438,9 @@ class _Pass:
             st["existInQuay"] = True
         st["message"] = ""
         st["observedGeneration"] = self.dt.generation
-        st["creation"] = None
+        # a lease is freed by its holder, which may be POSTing right now; drop only an abandoned one
+        if decide.lease_state(Status.from_object(st).creation, self.now) is decide.Lease.STALE:
+            st["creation"] = None
         old = self.dt.status.condition(conditions.READY)
         if replaced:
             reason, message = conditions.TOKEN_REPLACED, replaced
