@@ -12,7 +12,7 @@ import email.utils
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tests.quaysim import registry, views
@@ -59,7 +59,7 @@ class _Ctx:
     session: Session | None = None
     session_used: bool = False
     set_cookie: bool = False
-    cookie: str | None = field(default=None)
+    cookie: str | None = None
 
 
 class Api:
