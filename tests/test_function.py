@@ -4,6 +4,8 @@ server, and the Quay simulator. Each test asserts what a user would see."""
 from __future__ import annotations
 
 import base64
+import time
+from typing import Any
 
 import httpx
 import pytest
@@ -274,3 +276,41 @@ def test_health_route_and_malformed_event(env: Env) -> None:
     resp = harness.post(env.fn.url, (headers, b'{"namespace": "Not_Valid", "name": "x"}'))
     assert resp.status_code == 400 and "namespace" in resp.text
 
+
+
+def test_last_accessed_is_refreshed_by_resync_not_by_events(env: Env) -> None:
+    env.conn_secret()
+    env.dockertoken()
+    env.send("add")
+    uuid = env.get()["status"]["uuid"]  # type: ignore[index]
+    env.quay.touch(uuid)  # someone pulled with the token
+    writes = env.write_count()
+    assert env.send("update").status_code == 204
+    assert env.secret_data()["lastAccessed"] == "" and env.write_count() == writes
+    assert env.resync().status_code == 204
+    listed = next(t for t in env.tokens() if t["uuid"] == uuid)
+    assert env.secret_data()["lastAccessed"] == listed["last_accessed"] != ""
+    writes = env.write_count()
+    assert env.resync().status_code == 204
+    assert env.write_count() == writes  # unchanged in Quay: nothing written
+
+
+def test_expired_token_is_replaced(control_plane: Any, namespace: str, function_proc: Any) -> None:
+    from tests.env import Env
+    from tests.quaysim import QuaySimulator
+
+    with QuaySimulator(token_expiration=2) as sim:
+        env = Env(control_plane, namespace, sim, function_proc)
+        env.conn_secret()
+        env.dockertoken()
+        env.send("add")
+        first = env.secret_data()
+        assert first["expiration"] != ""
+        assert env.get()["status"]["expiration"] == first["expiration"]  # type: ignore[index]
+        time.sleep(2.5)
+        assert env.send("update").status_code == 204  # any event sees the date has passed
+        data = env.secret_data()
+        assert data["uuid"] != first["uuid"] and data["expiration"] != first["expiration"]
+        ready = env.ready()
+        assert ready["reason"] == "TokenReplaced" and "expired" in ready["message"]
+        assert [t["uuid"] for t in env.tokens()] == [data["uuid"]]  # the expired one is revoked
