@@ -159,14 +159,17 @@ class Kube:
         )
         return None if resp is None else dict(json.loads(resp.data))
 
-    def create_secret(self, body: dict[str, Any]) -> None:
+    def create_secret(self, body: dict[str, Any]) -> bool:
+        """Create; False when the namespace does not exist (the only 404 a create can get)."""
         self.writes += 1
         meta = body["metadata"]
-        _call(
+        created = _call(
             f"create secret {meta['namespace']}/{meta['name']}",
             lambda: self._core.create_namespaced_secret(
                 meta["namespace"], body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+            missing_ok=True,
         )
+        return created is not None
 
     def replace_secret(self, body: dict[str, Any]) -> None:
         """PUT with the resourceVersion the body carries: a concurrent edit gets 409."""

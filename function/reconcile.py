@@ -25,6 +25,7 @@ from function import secret as secrets
 from function.cache import Listed, TokenListCache
 from function.connection import Connection, parse_connection
 from function.errors import (
+    ConfigError,
     PermanentError,
     QuayNotFound,
     QuayPermanent,
@@ -345,13 +346,13 @@ class _Pass:
         assert self.conn is not None
         desired = secrets.build(self.dt, where, token, self.conn.registry)
         if current is None:
-            self.kube.create_secret(desired)
+            self._create_secret(where, desired)
             self.act("create-secret")
         elif not secrets.is_intact(current, desired):
             meta = current["metadata"]
             if current.get("type") != desired["type"]:  # type is immutable: recreate
                 self.kube.delete_secret(where.namespace, where.name, uid=meta.get("uid"))
-                self.kube.create_secret(desired)
+                self._create_secret(where, desired)
             else:
                 body = dict(desired)
                 body["metadata"] = {
@@ -364,6 +365,13 @@ class _Pass:
                 self.kube.replace_secret(body)
             self.act("update-secret")
         self.status["retSecret"] = {"namespace": where.namespace, "name": where.name}
+
+    def _create_secret(self, where: Ref, desired: dict[str, Any]) -> None:
+        if not self.kube.create_secret(desired):
+            # the token is already recorded in status: the resync writes the Secret once it can
+            raise ConfigError(
+                f"retSecretRef.namespace: namespace {where.namespace!r} does not exist; create it "
+                "(the next resync then writes the Secret) or name an existing namespace")
 
     def _drop_old_secret(self) -> None:
         """retSecretRef moved or went away: delete the Secret we wrote before, if still ours."""

@@ -1,0 +1,209 @@
+"""Fault matrix: every Quay call the function makes, under every kind of failure.
+
+Each case builds a state in which the faulted endpoint is really called, injects one fault in
+the simulator, and checks: the function answers 503 (the event source redelivers), status says
+what happened, and once the fault is gone a redelivery converges with no leaked token. Then the
+API server's own failures: write conflicts (409) and a Secret write that fails half-way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests import checks
+from tests.env import Env, G, P, V
+from tests.quaysim import ADMIN_TOKEN
+
+# The connection Secret's timeout: hangs and slow answers cost one second each.
+TIMEOUT = 1.0
+# Longer than TIMEOUT, so the client gives up first.
+SLOW = 1.6
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    arm: dict[str, Any]
+    # the server still performs the operation after the client gave up
+    completes_late: bool = False
+
+
+FAULTS = [
+    Fault("503", {"statuses": [503]}),
+    Fault("502", {"statuses": [502]}),
+    Fault("429", {"statuses": [429]}),
+    Fault("hang", {"hang": SLOW}),
+    Fault("reset", {"drop": 1}),
+    Fault("slow", {"delay": SLOW}, completes_late=True),
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How to make the function call ``endpoint``, and what converged looks like."""
+
+    endpoint: str
+    prepare: Callable[[Env], str]  # returns the event verb to send
+    title: str = "mytoken"
+
+
+def _fresh(env: Env) -> str:
+    env.dockertoken()
+    return "add"
+
+
+def _secret_lost(env: Env) -> str:
+    """The Secret is gone: the token's code must be fetched again (GET)."""
+    env.dockertoken()
+    assert env.send("add").status_code == 204
+    env.core.delete_namespaced_secret("dockertoken-sample-ret-secret", env.ns)
+    return "update"
+
+
+def _renamed(env: Env) -> str:
+    """spec.name changed: a new token, then the old one is revoked (DELETE)."""
+    env.dockertoken()
+    assert env.send("add").status_code == 204
+    env.patch_spec(name="renamed")
+    return "update"
+
+
+SCENARIOS = [
+    Scenario("list", _fresh),
+    Scenario("create", _fresh),
+    Scenario("get", _secret_lost),
+    Scenario("revoke", _renamed, title="renamed"),
+]
+
+
+def _connection(env: Env) -> None:
+    env.conn_secret(host=env.quay.base_url, token=ADMIN_TOKEN, timeout=str(TIMEOUT))
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.endpoint for s in SCENARIOS])
+def test_quay_fault_answers_503_then_converges(env: Env, scenario: Scenario, fault: Fault) -> None:
+    _connection(env)
+    verb = scenario.prepare(env)
+    calls = env.quay_calls(scenario.endpoint)
+    env.quay.inject(scenario.endpoint, **fault.arm)
+    started = time.monotonic()
+    resp = env.send(verb)
+    assert resp.status_code == 503, resp.text
+    assert time.monotonic() - started < 3 * TIMEOUT + 2, "the client timeout was not honoured"
+    assert env.quay_calls(scenario.endpoint) > calls, "the faulted endpoint was never called"
+    assert "temporary failure" in resp.text and "/api/v1/user/apptoken" in resp.text
+    ready = env.ready()
+    assert ready["status"] == "False" and ready["reason"] == "QuayUnavailable", ready
+    assert "/api/v1/user/apptoken" in ready["message"]
+    env.quay.clear_faults()
+    if fault.completes_late:
+        time.sleep(SLOW - TIMEOUT + 0.3)  # let the server finish what the client gave up on
+    assert checks.deliver(env, verb).status_code == 204
+    checks.assert_converged(env, title=scenario.title)  # exactly one token: none leaked
+
+
+def test_created_then_connection_dropped_adopts_the_orphan(env: Env) -> None:
+    """Quay created the token but the answer was lost: the next delivery adopts it."""
+    _connection(env)
+    env.dockertoken()
+    env.quay.inject("create", after=1)
+    assert env.send("add").status_code == 503
+    orphan = env.tokens()
+    assert len(orphan) == 1
+    status = env.get()["status"]  # type: ignore[index]
+    assert not status.get("uuid") and not status.get("creation"), status
+    assert env.send("add").status_code == 204
+    obj = checks.assert_converged(env)
+    assert obj["status"]["uuid"] == orphan[0]["uuid"]
+    assert env.quay_calls("create") == 1
+
+
+def test_created_then_dropped_under_apiserversource_retries(env: Env) -> None:
+    _connection(env)
+    env.dockertoken()
+    env.quay.inject("create", after=1)
+    assert checks.deliver(env, "add").status_code == 204
+    checks.assert_converged(env)
+    assert env.quay_calls("create") == 1
+
+
+def test_quay_down_for_every_call_then_back(env: Env) -> None:
+    """Everything fails several times over (ApiServerSource gives up), then the resync repairs."""
+    _connection(env)
+    env.dockertoken()
+    env.quay.inject("*", statuses=[503] * 20)
+    assert checks.deliver(env, "add", attempts=3).status_code == 503
+    assert env.ready()["reason"] == "QuayUnavailable"
+    env.quay.clear_faults()
+    assert env.resync().status_code == 204
+    checks.assert_converged(env)
+
+
+def _later(seconds: float, job: Callable[[], Any]) -> Any:
+    time.sleep(seconds)
+    return job()
+
+
+def test_object_changed_while_quay_was_slow_gets_409_and_restarts(env: Env) -> None:
+    """The lease is a compare-and-swap: an edit between read and write makes it fail (409)."""
+    env.conn_secret()
+    env.dockertoken()
+    assert env.send("add").status_code == 204
+    env.quay_revoke(env.get()["status"]["uuid"])  # type: ignore[index]
+    conflicts = checks.apiserver_answers(env, code="409")
+    env.quay.inject("list", delay=0.8)
+
+    def touch() -> None:
+        env.custom.patch_namespaced_custom_object(
+            G, V, env.ns, P, "dockertoken-sample", {"metadata": {"labels": {"touched": "yes"}}})
+
+    resp, _ = checks.run_concurrently([env.resync, lambda: _later(0.3, touch)])
+    assert resp.status_code == 204, resp.text
+    assert checks.apiserver_answers(env, code="409") > conflicts, "no conflict was provoked"
+    env.quay.clear_faults()
+    checks.assert_converged(env)
+    assert env.get()["metadata"]["labels"] == {"touched": "yes"}  # type: ignore[index]
+
+
+def test_secret_edited_during_repair_gets_409_and_keeps_the_edit(env: Env) -> None:
+    env.conn_secret()
+    env.dockertoken()
+    assert env.send("add").status_code == 204
+    env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
+                                     {"stringData": {"tokenCode": "tampered"}})
+    conflicts = checks.apiserver_answers(env, code="409", resource="secrets")
+    env.quay.inject("get", delay=0.8)  # the edited code is fetched again
+
+    def annotate() -> None:
+        env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
+                                         {"metadata": {"annotations": {"team": "blue"}}})
+
+    resp, _ = checks.run_concurrently([env.resync, lambda: _later(0.3, annotate)])
+    assert resp.status_code == 204, resp.text
+    assert checks.apiserver_answers(env, code="409", resource="secrets") > conflicts
+    env.quay.clear_faults()
+    checks.assert_converged(env)
+    assert env.secret()["metadata"]["annotations"]["team"] == "blue"  # type: ignore[index]
+
+
+def test_secret_write_failing_half_way_converges_without_a_second_token(env: Env) -> None:
+    """The token is created and recorded, then the Secret cannot be written (no namespace yet)."""
+    env.conn_secret()
+    missing = f"{env.ns}-later"
+    env.dockertoken(retSecretRef={"name": "pull", "namespace": missing}, ret=None)
+    assert env.send("add").status_code == 204
+    ready = env.ready()
+    assert ready["status"] == "False", ready
+    assert "retSecretRef.namespace" in ready["message"] and missing in ready["message"], ready
+    status = env.get()["status"]  # type: ignore[index]
+    assert status.get("uuid") and len(env.tokens()) == 1, "the token must be recorded, not leaked"
+    env.core.create_namespace({"metadata": {"name": missing}})
+    assert env.resync().status_code == 204
+    checks.assert_converged(env, ret="pull", ret_namespace=missing)
+    assert env.quay_calls("create") == 1
