@@ -264,8 +264,22 @@ class _Pass:
         recorded = {"uuid": data.uuid, "tokenName": dt.title, "expiration": data.expiration or None,
                     "existInQuay": True, "creation": None, "pendingRevocation": pending or None}
         # record at once, before anything else can fail: this is what makes the token ours
-        self._write_status(recorded)
+        written = self._write_status(recorded)
+        if written == {}:
+            # the object went away (its finalizer removed by hand): nobody else will revoke it
+            self._revoke_unrecorded(data.uuid)
+            raise _Restart
+        if (written or {}).get("metadata", {}).get("deletionTimestamp"):
+            raise _Restart  # deleted meanwhile: the next pass finalizes, revoking this token
         return data
+
+    def _revoke_unrecorded(self, uid: str) -> None:
+        try:
+            self.quay.revoke_token(uid)
+            self.act("revoke-unrecorded-token")
+        # already gone: nothing leaked
+        except QuayNotFound:
+            pass
 
     def _others_once_rivals_settled(self, dt: DockerToken) -> list[dict[str, Any]]:
         """Every DockerToken, read once no other one holds a fresh lease on our title.
@@ -393,6 +407,9 @@ class _Pass:
         if not dt.has_finalizer:
             self.outcome.result = "gone"
             return self.outcome
+        if decide.lease_state(dt.status.creation, self.now) is decide.Lease.FRESH:
+            # a delivery is POSTing this object's token: let it record the UUID, then revoke that
+            self._wait_for_other_creator()
         if not dt.preserve_in_quay:
             try:
                 self._cleanup_quay()
@@ -473,14 +490,17 @@ class _Pass:
         self._write_status(st, full=True, best_effort=best_effort)
 
     def _write_status(self, changes: Mapping[str, Any], *, full: bool = False,
-                      best_effort: bool = False) -> None:
-        """Write only what differs from what the server has; nothing at all when equal."""
+                      best_effort: bool = False) -> dict[str, Any] | None:
+        """Write only what differs from what the server has; nothing at all when equal.
+
+        Returns the object as written, {} if it no longer exists, None if nothing was written.
+        """
         if not full:
             self.status.update(changes)
         desired = dict(changes) if full else {**self.raw_status, **changes}
         patch = decide.status_patch(self.raw_status, desired)
         if not patch:
-            return
+            return None
         try:
             obj = self.kube.patch_status(self.namespace, self.name, patch)
         # a failure report that cannot be written is still answered (503 or 2xx) by the caller
@@ -488,9 +508,10 @@ class _Pass:
             if not best_effort:
                 raise
             logger.warning("%s/%s: could not write status", self.namespace, self.name)
-            return
+            return None
         if obj:
             self.raw_status = dict(obj.get("status") or {})
+        return obj
 
 
 def _listed(token: AppToken) -> Listed:
