@@ -10,6 +10,9 @@ import pytest
 
 from tests.controlplane import ControlPlane, find_assets
 
+# After every test, scan function logs, answers and statuses for credentials (issue 6).
+pytest_plugins = ("tests.hygiene",)
+
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:

@@ -28,6 +28,17 @@ def free_port() -> int:
     return _free_port()
 
 
+# Every function started and every answer it gave through ``post`` in this process: the
+# secret-hygiene check (tests/hygiene.py) scans them for credentials.
+STARTED: list[FunctionProcess] = []
+RESPONSES: list[str] = []
+
+
+def record_response(resp: httpx.Response) -> httpx.Response:
+    RESPONSES.append(f"{resp.status_code} {resp.text}")
+    return resp
+
+
 class FunctionProcess:
     """functions-framework serving function/main.py:handle on a free loopback port."""
 
@@ -53,6 +64,7 @@ class FunctionProcess:
                 "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -147,7 +159,7 @@ def structured(headers: dict[str, str], body: bytes) -> tuple[dict[str, str], by
 
 def post(url: str, event: tuple[dict[str, str], bytes], *, timeout: float = 60) -> httpx.Response:
     headers, body = event
-    return httpx.post(url, headers=headers, content=body, timeout=timeout)
+    return record_response(httpx.post(url, headers=headers, content=body, timeout=timeout))
 
 
 def deliver(url: str, event: tuple[dict[str, str], bytes], *, attempts: int = 6) -> httpx.Response:

@@ -20,6 +20,21 @@ SESSION_LIFETIME = 31 * 24 * 3600
 # _DEFAULT_TOKEN_EXPIRATION_WINDOW "4w" in endpoints/api/appspecifictokens.py.
 DEFAULT_EXPIRATION_WINDOW = 4 * 7 * 24 * 3600
 _CODE_ALPHABET = string.ascii_uppercase + string.digits
+# Every credential any simulator in this process has issued or accepted (token codes, OAuth
+# tokens, passwords), for the secret-hygiene check of tests/hygiene.py.
+_CREDENTIALS: set[str] = set()
+_CREDENTIALS_LOCK = threading.Lock()
+
+
+def _remember(value: str) -> None:
+    with _CREDENTIALS_LOCK:
+        _CREDENTIALS.add(value)
+
+
+def credentials() -> frozenset[str]:
+    """Every token code, OAuth token and password any simulator of this process has known."""
+    with _CREDENTIALS_LOCK:
+        return frozenset(_CREDENTIALS)
 
 
 @dataclass
@@ -103,11 +118,13 @@ class State:
     # -- users and OAuth tokens -------------------------------------------------------------
 
     def add_user(self, user: User) -> User:
+        _remember(user.password)
         with self.lock:
             self.users[user.name] = user
         return user
 
     def add_oauth(self, token: OAuthToken) -> str:
+        _remember(token.token)
         with self.lock:
             self.oauth[token.token] = token
         return token.token
@@ -147,6 +164,7 @@ class State:
             if use_config and self.token_expiration is not None:
                 expiration = at + self.token_expiration
             code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(120))
+            _remember(code)
             token = AppToken(str(uuid.uuid4()), owner, title, code, at, expiration)
             self.app_tokens[token.uuid] = token
             return token

@@ -1,0 +1,136 @@
+"""Secret hygiene over the whole session: no credential may appear in anything the function shows.
+
+A pytest plugin (``pytest_plugins`` in tests/conftest.py). After every test it scans what
+appeared since the previous test: the logs of every function process (``harness.STARTED``),
+every answer the tests received from the function (``harness.RESPONSES``) and, when the test
+used the control plane, every DockerToken status and Event in the cluster. It looks for every
+credential a Quay simulator of this process has known (``quaysim.state.credentials()``: token
+codes, OAuth tokens, passwords), raw and in the encodings a Secret uses. A hit fails the test
+in whose teardown it was found; the session ends with a one-line summary of what was scanned.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+# Values too short or too common to be told apart from ordinary text: the simulator's default
+# password is the word "password", which messages use as the name of the key. Tests that check
+# password hygiene use a password of their own.
+_TOO_COMMON = frozenset({"password"})
+_MIN_LENGTH = 8
+
+
+def variants(credential: str) -> list[str]:
+    """The credential as it could leak: raw, base64, and base64 of the registry auth pair."""
+    out = [credential, base64.b64encode(credential.encode()).decode()]
+    out.append(base64.b64encode(f"$app:{credential}".encode()).decode())
+    return out
+
+
+def checked(credentials: Iterable[str]) -> list[str]:
+    return sorted(c for c in set(credentials) if len(c) >= _MIN_LENGTH and c not in _TOO_COMMON)
+
+
+def find_leaks(sources: Iterable[tuple[str, str]], credentials: Iterable[str]) -> list[str]:
+    """One line per (source, credential) hit; the credential itself is never repeated in full."""
+    needles = [(c, v) for c in checked(credentials) for v in variants(c)]
+    hits = []
+    for where, text in sources:
+        for credential, needle in needles:
+            if needle in text:
+                hits.append(f"{where}: contains a credential ({credential[:4]}..., "
+                            f"{len(credential)} characters)")
+                break
+    return hits
+
+
+@dataclass
+class Scanner:
+    """What was scanned so far; log files are read from where the previous scan stopped."""
+
+    offsets: dict[str, int] = field(default_factory=dict)
+    responses_seen: int = 0
+    texts: int = 0
+    log_lines: int = 0
+    statuses: int = 0
+    leaks: list[str] = field(default_factory=list)
+    credentials: int = 0
+
+    def new_sources(self, cluster: Any = None) -> Iterator[tuple[str, str]]:
+        from tests import harness
+
+        for fn in harness.STARTED:
+            path = str(fn.log_path)
+            try:
+                with open(path, "rb") as log:
+                    log.seek(self.offsets.get(path, 0))
+                    chunk = log.read()
+            except OSError:
+                continue
+            self.offsets[path] = self.offsets.get(path, 0) + len(chunk)
+            text = chunk.decode(errors="replace")
+            self.log_lines += text.count("\n")
+            yield f"function log {path}", text
+        new = harness.RESPONSES[self.responses_seen:]
+        self.responses_seen += len(new)
+        for i, body in enumerate(new):
+            yield f"function answer #{self.responses_seen - len(new) + i}", body
+        if cluster is not None:
+            yield from _cluster_sources(cluster, self)
+
+    def scan(self, cluster: Any = None, *, extra: Iterable[str] = ()) -> list[str]:
+        from tests.quaysim.state import credentials
+
+        known = credentials() | set(extra)
+        self.credentials = len(checked(known))
+        sources = list(self.new_sources(cluster))
+        self.texts += len(sources)
+        hits = find_leaks(sources, known)
+        self.leaks.extend(hits)
+        return hits
+
+
+def _cluster_sources(api_client: Any, scanner: Scanner) -> Iterator[tuple[str, str]]:
+    import json
+
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api_client)
+    items = custom.list_cluster_custom_object("quay.herve4m.github.io", "v1alpha1",
+                                              "dockertokens").get("items") or []
+    scanner.statuses += len(items)
+    for obj in items:
+        meta = obj.get("metadata") or {}
+        yield (f"status of {meta.get('namespace')}/{meta.get('name')}",
+               json.dumps(obj.get("status") or {}))
+    events = client.CoreV1Api(api_client).list_event_for_all_namespaces()
+    for event in events.items:
+        yield f"Event {event.metadata.namespace}/{event.metadata.name}", f"{event.reason} {event.message}"
+
+
+SCANNER = Scanner()
+
+
+@pytest.fixture(autouse=True)
+def _secret_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    cluster = None
+    if "control_plane" in request.fixturenames:
+        cluster = request.getfixturevalue("control_plane").api_client("admin")
+    hits = SCANNER.scan(cluster)
+    assert not hits, "credentials leaked:\n" + "\n".join(hits)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    s = SCANNER
+    if not s.texts:
+        return
+    terminalreporter.write_line(
+        f"secret hygiene: {s.log_lines} function log lines, {s.responses_seen} function answers, "
+        f"{s.statuses} DockerToken status snapshots scanned for {s.credentials} credentials: "
+        f"{len(s.leaks)} found")
