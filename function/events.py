@@ -47,7 +47,8 @@ def parse_event(attributes: Mapping[str, Any], data: Any) -> Target | None:
     if not resync and not _is_apiserver(event_type):
         return None
     if data is not None and not isinstance(data, Mapping):
-        raise BadEvent(f"data must be a JSON object for {event_type}, got {type(data).__name__}")
+        raise BadEvent(f"data must be a JSON object for {event_type}, got {type(data).__name__}; "
+                       "send a JSON object with Content-Type: application/json")
     body: Mapping[str, Any] = data or {}
     if not resync and not _is_dockertoken(body, attributes):
         return None
