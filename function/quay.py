@@ -406,7 +406,8 @@ def _transport_error(exc: Exception, method: str, path: str,
     host = conn.registry
     if isinstance(exc, httpx.TimeoutException):
         return QuayTransient(f"{where}: no answer from {host} within {conn.timeout:g} s "
-                             f"({type(exc).__name__})")
+                             f'({type(exc).__name__}); if Quay is just slow, raise the "timeout" key '
+                             "of the connection Secret")
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
         return ConfigError(f"{where}: host {conn.base_url!r} is not a usable URL ({exc})")
     if isinstance(exc, httpx.ConnectError):
@@ -420,7 +421,8 @@ def _transport_error(exc: Exception, method: str, path: str,
         if tls is not None and not isinstance(tls, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
             return QuayTLSError(f"{where}: the TLS handshake with {host} failed ({tls}); "
                                 "check the scheme and port of host")
-        return QuayTransient(f"{where}: cannot connect to {host} ({exc or type(exc).__name__})")
+        return QuayTransient(f"{where}: cannot connect to {host} ({exc or type(exc).__name__}); "
+                             'check the "host" key of the connection Secret and that Quay is up')
     if isinstance(exc, httpx.TransportError):
         return QuayTransient(f"{where}: the connection to {host} failed "
                              f"({type(exc).__name__}: {exc})")
