@@ -81,6 +81,48 @@ def _message(exc: Any) -> str:
         return str(exc.reason or "")[:300]
 
 
+class _CoreSecrets:
+    """The four Secret calls of ``CoreV1Api``, made through the same ApiClient (auth, TLS, pool).
+
+    ``CoreV1Api`` itself is not imported: its module imports about 250 model classes for its
+    annotations (~1 s on the first event after a cold start). Same paths, same answers (the raw
+    urllib3 response, as with ``_preload_content=False``), same ``ApiException`` on non-2xx.
+    """
+
+    _ONE = "/api/v1/namespaces/{namespace}/secrets/{name}"
+    _ALL = "/api/v1/namespaces/{namespace}/secrets"
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    def _request(self, method: str, path: str, params: dict[str, str], body: Any = None) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._api.param_serialize(method=method, resource_path=path, path_params=params,
+                                            header_params=headers, body=body,
+                                            auth_settings=["BearerToken"])
+        response = self._api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.response
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        return self._request("GET", self._ONE, {"namespace": namespace, "name": name})
+
+    def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> Any:
+        return self._request("POST", self._ALL, {"namespace": namespace}, body)
+
+    def replace_namespaced_secret(self, name: str, namespace: str, body: dict[str, Any]) -> Any:
+        return self._request("PUT", self._ONE, {"namespace": namespace, "name": name}, body)
+
+    def delete_namespaced_secret(self, name: str, namespace: str, body: Any = None) -> Any:
+        return self._request("DELETE", self._ONE, {"namespace": namespace, "name": name}, body)
+
+
 class Kube:
     """Typed calls on one ApiClient; counts its writes so tests and benchmarks can check idempotency."""
 
@@ -90,7 +132,8 @@ class Kube:
         self._api: Any = api_client or load_client()
         # Any: plain dicts go in and out; the generated models are not used
         self._custom: Any = client.CustomObjectsApi(self._api)
-        self._core: Any = client.CoreV1Api(self._api)
+        # not client.CoreV1Api: importing it loads ~250 model modules, about 1 s of cold start
+        self._core = _CoreSecrets(self._api)
         self.writes = 0
 
     # -- DockerTokens ------------------------------------------------------------------------
@@ -153,8 +196,7 @@ class Kube:
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         resp = _call(
             f"get secret {namespace}/{name}",
-            lambda: self._core.read_namespaced_secret(
-                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+            lambda: self._core.read_namespaced_secret(name, namespace),
             missing_ok=True,
         )
         return None if resp is None else dict(json.loads(resp.data))
@@ -165,8 +207,7 @@ class Kube:
         meta = body["metadata"]
         created = _call(
             f"create secret {meta['namespace']}/{meta['name']}",
-            lambda: self._core.create_namespaced_secret(
-                meta["namespace"], body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT),
+            lambda: self._core.create_namespaced_secret(meta["namespace"], body),
             missing_ok=True,
         )
         return created is not None
@@ -177,9 +218,7 @@ class Kube:
         meta = body["metadata"]
         _call(
             f"update secret {meta['namespace']}/{meta['name']}",
-            lambda: self._core.replace_namespaced_secret(
-                meta["name"], meta["namespace"], body, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT),
+            lambda: self._core.replace_namespaced_secret(meta["name"], meta["namespace"], body),
         )
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
@@ -188,8 +227,6 @@ class Kube:
         body = {"preconditions": {"uid": uid}} if uid else None
         _call(
             f"delete secret {namespace}/{name}",
-            lambda: self._core.delete_namespaced_secret(
-                name, namespace, body=body, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT),
+            lambda: self._core.delete_namespaced_secret(name, namespace, body),
             missing_ok=True,
         )

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from function import conditions, decide
 from function import secret as secrets
@@ -33,7 +33,9 @@ from function.errors import (
 )
 from function.kube import Conflict, Kube
 from function.model import FINALIZER, Creation, DockerToken, Ref, Status
-from function.quay import AppToken, QuayClient
+
+if TYPE_CHECKING:  # function.quay imports httpx (~50 ms): loaded on the first Quay call instead
+    from function.quay import AppToken, QuayClient
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,15 @@ MAX_PASSES = 5
 LEASE_WAIT_SECONDS = 8.0
 LEASE_POLL_SECONDS = 0.2
 
-QuayFactory = Callable[[Connection], QuayClient]
+QuayFactory = Callable[[Connection], "QuayClient"]
 Clock = Callable[[], datetime.datetime]
+
+
+def quay_client(conn: Connection) -> QuayClient:
+    """The default QuayFactory; imports the client (and httpx) only when Quay is called."""
+    from function.quay import QuayClient
+
+    return QuayClient(conn)
 
 
 def utcnow() -> datetime.datetime:
@@ -74,7 +83,7 @@ class Outcome:
 class Reconciler:
     """Holds what outlives one event: the API client, the Quay client factory, the list cache."""
 
-    def __init__(self, kube: Kube, *, quay_factory: QuayFactory = QuayClient,
+    def __init__(self, kube: Kube, *, quay_factory: QuayFactory = quay_client,
                  cache: TokenListCache | None = None, clock: Clock = utcnow) -> None:
         self.kube = kube
         self.quay_factory = quay_factory
