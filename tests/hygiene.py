@@ -3,7 +3,8 @@
 A pytest plugin (``pytest_plugins`` in tests/conftest.py). After every test it scans what
 appeared since the previous test: the logs of every function process (``harness.STARTED``),
 every answer the tests received from the function (``harness.RESPONSES``) and, when the test
-used the control plane, every DockerToken status and Event in the cluster. It looks for every
+used the control plane, every DockerToken status and Event in its namespace (all namespaces
+once more at the end of the session). It looks for every
 credential a Quay simulator of this process has known (``quaysim.state.credentials()``: token
 codes, OAuth tokens, passwords), raw and in the encodings a Secret uses. A hit fails the test
 in whose teardown it was found; the session ends with a one-line summary of what was scanned.
@@ -61,7 +62,8 @@ class Scanner:
     leaks: list[str] = field(default_factory=list)
     credentials: int = 0
 
-    def new_sources(self, cluster: Any = None) -> Iterator[tuple[str, str]]:
+    def new_sources(self, cluster: Any = None, namespace: str | None = None
+                    ) -> Iterator[tuple[str, str]]:
         from tests import harness
 
         for fn in harness.STARTED:
@@ -81,34 +83,43 @@ class Scanner:
         for i, body in enumerate(new):
             yield f"function answer #{self.responses_seen - len(new) + i}", body
         if cluster is not None:
-            yield from _cluster_sources(cluster, self)
+            yield from _cluster_sources(cluster, self, namespace)
 
-    def scan(self, cluster: Any = None, *, extra: Iterable[str] = ()) -> list[str]:
+    def scan(self, cluster: Any = None, *, namespace: str | None = None,
+             extra: Iterable[str] = ()) -> list[str]:
+        """Scan what is new; with ``cluster``, the objects of ``namespace`` (None: all)."""
         from tests.quaysim.state import credentials
 
         known = credentials() | set(extra)
         self.credentials = len(checked(known))
-        sources = list(self.new_sources(cluster))
+        sources = list(self.new_sources(cluster, namespace))
         self.texts += len(sources)
         hits = find_leaks(sources, known)
         self.leaks.extend(hits)
         return hits
 
 
-def _cluster_sources(api_client: Any, scanner: Scanner) -> Iterator[tuple[str, str]]:
+def _cluster_sources(api_client: Any, scanner: Scanner,
+                     namespace: str | None) -> Iterator[tuple[str, str]]:
     import json
 
     from kubernetes import client
 
     custom = client.CustomObjectsApi(api_client)
-    items = custom.list_cluster_custom_object("quay.herve4m.github.io", "v1alpha1",
-                                              "dockertokens").get("items") or []
+    core = client.CoreV1Api(api_client)
+    group, version, plural = "quay.herve4m.github.io", "v1alpha1", "dockertokens"
+    if namespace is None:
+        found = custom.list_cluster_custom_object(group, version, plural)
+        events = core.list_event_for_all_namespaces()
+    else:
+        found = custom.list_namespaced_custom_object(group, version, namespace, plural)
+        events = core.list_namespaced_event(namespace)
+    items = found.get("items") or []
     scanner.statuses += len(items)
     for obj in items:
         meta = obj.get("metadata") or {}
         yield (f"status of {meta.get('namespace')}/{meta.get('name')}",
                json.dumps(obj.get("status") or {}))
-    events = client.CoreV1Api(api_client).list_event_for_all_namespaces()
     for event in events.items:
         yield f"Event {event.metadata.namespace}/{event.metadata.name}", f"{event.reason} {event.message}"
 
@@ -116,13 +127,25 @@ def _cluster_sources(api_client: Any, scanner: Scanner) -> Iterator[tuple[str, s
 SCANNER = Scanner()
 
 
+@pytest.fixture(scope="session")
+def _secret_hygiene_final(control_plane: Any) -> Iterator[None]:
+    """Once, before the control plane stops: every object of every test, as it ended up."""
+    yield
+    hits = SCANNER.scan(control_plane.api_client("admin"))
+    assert not hits, "credentials leaked:\n" + "\n".join(hits)
+
+
 @pytest.fixture(autouse=True)
 def _secret_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    cluster = None
+    cluster = namespace = None
+    # asked for before the test runs, so that they are still there when it is over
     if "control_plane" in request.fixturenames:
+        request.getfixturevalue("_secret_hygiene_final")
         cluster = request.getfixturevalue("control_plane").api_client("admin")
-    hits = SCANNER.scan(cluster)
+        if "namespace" in request.fixturenames:
+            namespace = request.getfixturevalue("namespace")
+    yield
+    hits = SCANNER.scan(cluster, namespace=namespace)
     assert not hits, "credentials leaked:\n" + "\n".join(hits)
 
 
