@@ -27,8 +27,10 @@ from function.connection import Connection, parse_connection
 from function.errors import (
     ConfigError,
     PermanentError,
+    QuayError,
     QuayNotFound,
     QuayPermanent,
+    QuayTransient,
     TemporaryError,
 )
 from function.kube import Conflict, Kube
@@ -44,6 +46,9 @@ MAX_PASSES = 5
 # How long a delivery waits for a concurrent one to finish creating the token before answering 503.
 LEASE_WAIT_SECONDS = 8.0
 LEASE_POLL_SECONDS = 0.2
+# After a failed POST, how long to wait (at most; the Quay timeout if shorter) before looking for
+# the token it may have created anyway: Quay finishing a request its client gave up on.
+LOST_POST_GRACE_SECONDS = 2.0
 
 QuayFactory = Callable[[Connection], "QuayClient"]
 Clock = Callable[[], datetime.datetime]
@@ -258,8 +263,7 @@ class _Pass:
                 except QuayNotFound:
                     token = None
             if token is None:
-                token = self.quay.create_token(dt.title)
-                self.act("create-token")
+                token = self._create(dt.title, claimed)
             self.r.cache.invalidate(self.conn.fingerprint)
         # whatever failed, free the lease so the next delivery can go ahead (it adopts any orphan)
         except BaseException:
@@ -289,6 +293,29 @@ class _Pass:
         # already gone: nothing leaked
         except QuayNotFound:
             pass
+
+    def _create(self, title: str, claimed: set[str]) -> AppToken:
+        """POST, under the lease. A POST that failed may still have created the token (the answer
+        was lost, or Quay finished after our timeout): look once more, a moment later, and adopt
+        what appeared. Nobody else adopts or creates this title meanwhile, so it is ours."""
+        assert self.conn is not None
+        try:
+            token = self.quay.create_token(title)
+        except QuayTransient:
+            time.sleep(min(self.conn.timeout, LOST_POST_GRACE_SECONDS))
+            try:
+                pick = decide.pick_adoptable([_listed(t) for t in self.quay.list_tokens()],
+                                             title=title, claimed=claimed, now=self.now)
+                lost = self.quay.get_token(pick.uuid) if pick is not None else None
+            # Quay still failing: the next delivery adopts the token if there is one
+            except QuayError:
+                lost = None
+            if lost is None:
+                raise
+            self.act("adopt-lost-token")
+            return lost
+        self.act("create-token")
+        return token
 
     def _others_once_rivals_settled(self, dt: DockerToken) -> list[dict[str, Any]]:
         """Every DockerToken, read once no other one holds a fresh lease on our title.
