@@ -8,6 +8,9 @@ with a resourceVersion precondition: of any number of concurrent deliveries (in 
 processes) exactly one wins the compare-and-swap and calls POST; the others wait for it to
 record the UUID, then find everything in place. A holder that dies leaves a token with the
 right title that no DockerToken claims; the next holder adopts it instead of creating another.
+A POST that fails may have created the token anyway: the holder looks once more before it
+lets go. Only the holder frees a lease (or anyone, once stale), and deletion waits for it.
+Objects sharing a title take turns: seeing another's lease, the younger yields, the older waits.
 """
 
 from __future__ import annotations
