@@ -22,8 +22,12 @@ DELIVERIES = 16
 
 @pytest.fixture(scope="module")
 def second_proc(control_plane: ControlPlane) -> Iterator[harness.FunctionProcess]:
-    """A second replica of the function, with the same identity as the first."""
-    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"]) as fn:
+    """A second replica of the function, with the same identity as the first.
+
+    It logs at DEBUG (every Quay call), which the secret-hygiene scan then covers too.
+    """
+    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"],
+                                 env={"LOG_LEVEL": "DEBUG"}) as fn:
         # the first event builds the API client; pay for it here, not inside a race
         harness.post(fn.url, harness.resync_event("default", "warm-up"))
         yield fn
