@@ -6,7 +6,8 @@ every answer the tests received from the function (``harness.RESPONSES``) and, w
 used the control plane, every DockerToken status and Event in its namespace (all namespaces
 once more at the end of the session). It looks for every
 credential a Quay simulator of this process has known (``quaysim.state.credentials()``: token
-codes, OAuth tokens, passwords), raw and in the encodings a Secret uses. A hit fails the test
+codes, OAuth tokens, passwords) or a test put in a Secret (token, password, tokenCode keys),
+raw and in the encodings a Secret uses. A hit fails the test
 in whose teardown it was found; the session ends with a one-line summary of what was scanned.
 """
 
@@ -60,7 +61,11 @@ class Scanner:
     log_lines: int = 0
     statuses: int = 0
     leaks: list[str] = field(default_factory=list)
-    credentials: int = 0
+    known: set[str] = field(default_factory=set)
+
+    @property
+    def credentials(self) -> int:
+        return len(checked(self.known))
 
     def new_sources(self, cluster: Any = None, namespace: str | None = None
                     ) -> Iterator[tuple[str, str]]:
@@ -90,13 +95,33 @@ class Scanner:
         """Scan what is new; with ``cluster``, the objects of ``namespace`` (None: all)."""
         from tests.quaysim.state import credentials
 
-        known = credentials() | set(extra)
-        self.credentials = len(checked(known))
+        self.known |= credentials() | set(extra)
+        if cluster is not None:
+            self.known |= _secret_values(cluster, namespace)
         sources = list(self.new_sources(cluster, namespace))
         self.texts += len(sources)
-        hits = find_leaks(sources, known)
+        hits = find_leaks(sources, self.known)
         self.leaks.extend(hits)
         return hits
+
+
+# Keys of connection Secrets (token, password) and return Secrets (tokenCode) holding credentials.
+_CREDENTIAL_KEYS = ("token", "password", "tokenCode")
+
+
+def _secret_values(api_client: Any, namespace: str | None) -> set[str]:
+    """Credentials the tests put in Secrets: also those no simulator knows (e.g. a wrong token)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    found = core.list_namespaced_secret(namespace) if namespace else core.list_secret_for_all_namespaces()
+    values = set()
+    for secret in found.items:
+        for key in _CREDENTIAL_KEYS:
+            raw = (secret.data or {}).get(key)
+            if raw:
+                values.add(base64.b64decode(raw).decode(errors="replace"))
+    return values
 
 
 def _cluster_sources(api_client: Any, scanner: Scanner,

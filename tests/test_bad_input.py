@@ -31,7 +31,7 @@ CONNECTION_MISTAKES = [
     ("host-bad-scheme", {"host": "ftp://quay.example.com"}, '"host"', "use a URL"),
     ("host-bracket", {"host": "https://[::1"}, '"host"', "use a URL"),
     ("host-with-space", {"host": "quay example.com"}, '"host"', "use a URL"),
-    ("host-with-credentials", {"host": "https://me:pw@quay.example.com"}, '"host"',
+    ("host-with-credentials", {"host": "https://me:Hidden-pw-9x7@quay.example.com"}, '"host"',
      "put them in the token"),
     ("validateCerts", {"validateCerts": "maybe"}, '"validateCerts"', "true/false"),
     ("timeout", {"timeout": "ten"}, '"timeout"', "e.g. 10"),
@@ -55,6 +55,7 @@ def test_connection_secret_mistake_names_the_key_and_the_fix(
     assert ready["status"] == "False" and ready["reason"] == "InvalidConfiguration", ready
     message = ready["message"]
     assert "connSecretRef: quay-credentials" in message and key in message and fix in message, message
+    assert "Hidden-pw-9x7" not in message  # a password in the URL is never echoed
     assert env.get()["status"]["message"] == message  # type: ignore[index]
     assert env.quay_calls() == 0 and env.secret() is None
 
