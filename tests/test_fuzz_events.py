@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from function import events
@@ -137,6 +137,10 @@ def _assert_answer(resp: httpx.Response) -> None:
     assert resp.status_code in (204, 400), (resp.status_code, resp.text)
     if resp.status_code == 204:
         assert resp.content == b""
+    elif resp.text.startswith("<html>"):
+        # gunicorn's own answer to a malformed HTTP request (e.g. Content-Type sent twice),
+        # given before the function runs; it names the header
+        assert "Invalid HTTP" in resp.text, resp.text
     else:
         text = resp.text
         assert text.startswith("bad event: ") and len(text) > 25, text
@@ -152,6 +156,7 @@ def client(function_proc: harness.FunctionProcess) -> Iterator[httpx.Client]:
 @settings(max_examples=HTTP_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(event=http_events())
+@example(event=({**harness.resync_event("ns", "x")[0], "CONTENT-TYPE": ""}, b"{}"))  # sent twice
 def test_fuzzed_events_over_http_get_204_or_a_clear_400(client: httpx.Client,
                                                        event: tuple[dict[str, str], bytes]) -> None:
     RAN["http"] += 1
