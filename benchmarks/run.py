@@ -209,13 +209,13 @@ class Results:
               f"direct: {ms(pct(direct, 50))}", ratio(pct(seq, 50), pct(direct, 50)))
         t.add("1", "  same, p99", ms(pct(seq, 99)), f"direct: {ms(pct(direct, 99))}",
               ratio(pct(seq, 99), pct(direct, 99)))
-        t.add("1", f"add events, {self.s.add_concurrency} in flight, p50 / p99 (n={len(conc)})",
-              f"{ms(pct(conc, 50))} / {ms(pct(conc, 99))}",
-              f"{len(conc) / self.conc.wall:.1f} events/s", "")
+        t.add("1", f"add events, {self.s.add_concurrency} in flight: p50 / p99, rate (n={len(conc)})",
+              f"{ms(pct(conc, 50))} / {ms(pct(conc, 99))}, {len(conc) / self.conc.wall:.1f}/s",
+              f"sequential: {ms(pct(seq, 50))} / {ms(pct(seq, 99))}, {len(seq) / sum(seq):.1f}/s")
         setup = self.setup
-        t.add("1", f"  setup adds, {self.s.setup_concurrency} in flight, "
+        t.add("1", f"  setup adds, {self.s.setup_concurrency} in flight, while "
               f"{1 + 2 * self.s.events}..{self.s.objects} objects exist",
-              f"p50 {ms(pct(setup.seconds, 50))}", f"{len(setup.seconds) / setup.wall:.1f} events/s")
+              f"p50 {ms(pct(setup.seconds, 50))}, {len(setup.seconds) / setup.wall:.1f}/s")
         noop, bare = self.noop.seconds, self.bare_noop
         t.add("1", f"no-op update event, p50 (n={len(noop)})", ms(pct(noop, 50)),
               f"bare function: {ms(pct(bare, 50))}", ratio(pct(noop, 50), pct(bare, 50)))
