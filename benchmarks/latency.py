@@ -95,8 +95,7 @@ class Direct:
         token = world.quay.add_oauth_token(DIRECT_USER, "user:admin")
         self.conn = parse_connection({"host": world.quay.base_url, "token": token},
                                      secret_name="direct")
-        api = world.cp.api_client("dockertoken-reconciler")
-        self.kube = Kube(api)
+        self.kube = Kube.from_kubeconfig(world.cp.kubeconfigs["dockertoken-reconciler"])
 
     def once(self, n: int) -> float:
         started = time.perf_counter()

@@ -1,167 +1,229 @@
-"""Everything the function asks of the Kubernetes API server. The only module importing ``kubernetes``.
+"""Everything the function asks of the Kubernetes API server, over one shared httpx client.
 
-Objects travel as plain dicts (JSON as the server sent it). ``ApiException`` and transport errors
-are mapped here, once: 404 becomes ``None`` or is ignored where absence is fine, 409/429/5xx and
-unreachable servers become ``KubeTransient`` (503, retried), anything else ``PermanentError``.
+Objects travel as plain dicts (JSON as the server sent it). Failures are mapped here, once:
+404 becomes ``None`` where absence is fine, 409 ``Conflict``, 429/5xx and unreachable servers
+``KubeTransient`` (503, retried), anything else ``PermanentError``.
+
+Why httpx and not the ``kubernetes`` package for the calls: importing that package costs more
+than a whole functions-framework start (it loads hundreds of generated modules), and a
+scale-from-zero pod pays it on its first event. The credentials come from the pod's
+ServiceAccount (in-cluster) or from a kubeconfig with a token or client certificate; any other
+kubeconfig (exec plugins, auth providers) is handed to the ``kubernetes`` package's loader.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
+import base64
 import os
+import ssl
+import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from function.errors import KubeTransient, PermanentError
 from function.model import GROUP, PLURAL, VERSION
 
-logger = logging.getLogger(__name__)
-# (connect, read) seconds: an API server slower than this is treated as unavailable.
-REQUEST_TIMEOUT = (5, 30)
+# Connect quickly or call the API server unavailable; reads may take a while on a busy server.
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# More than the function's threads (THREADS, 10 in knative/), so no request waits for a connection.
+POOL = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 PAGE_SIZE = 500
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Bound ServiceAccount tokens rotate (the kubelet rewrites the file): re-read it this often.
+TOKEN_RELOAD_SECONDS = 60.0
+MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
+_CR = f"/apis/{GROUP}/{VERSION}"
 
-_client_lock = threading.Lock()
-_shared_client: Any = None
+_lock = threading.Lock()
+_shared: httpx.Client | None = None
 
 
 class Conflict(KubeTransient):
-    """The object changed since we read it (409, or a failed JSON-patch test): re-read and retry."""
+    """The object changed since we read it (409): re-read and retry."""
 
     reason = "Conflict"
 
 
-def load_client() -> Any:
-    """One ApiClient per process: in-cluster config in a pod, else KUBECONFIG / ~/.kube/config."""
-    global _shared_client
-    with _client_lock:
-        if _shared_client is None:
-            from kubernetes import client, config
+# -- configuration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the API server is and how to prove who we are."""
 
-            cfg: Any = config
-            if os.environ.get("KUBERNETES_SERVICE_HOST"):
-                cfg.load_incluster_config()
-                _shared_client = client.ApiClient()
-            else:
-                _shared_client = cfg.new_client_from_config(
-                    config_file=os.environ.get("KUBECONFIG") or None
-                )
-        return _shared_client
+    server: str
+    tls: ssl.SSLContext  # the CA to trust, and our client certificate if we use one
+    token: Callable[[], str]  # the current bearer token, or "" (client certificate)
 
 
-def _call(what: str, fn: Callable[[], Any], *, missing_ok: bool = False) -> Any:
-    """Run one API call and translate its failures; return None on 404 when ``missing_ok``."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
+def load_config(kubeconfig: str | None = None) -> ClusterConfig:
+    """In a pod: its ServiceAccount. Otherwise KUBECONFIG (first file) or ~/.kube/config."""
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and (SA_DIR / "token").exists():
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        host = f"[{host}]" if ":" in host else host
+        return ClusterConfig(f"https://{host}:{port}", _tls(str(SA_DIR / "ca.crt")),
+                             _FileToken(SA_DIR / "token"))
+    path = kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or "~/.kube/config"
+    return _from_kubeconfig(Path(path).expanduser())
+
+
+class _FileToken:
+    """A token kept in a file that may be rewritten (projected ServiceAccount tokens)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path, self._value, self._read_at = path, "", -TOKEN_RELOAD_SECONDS
+
+    def __call__(self) -> str:
+        if time.monotonic() - self._read_at >= TOKEN_RELOAD_SECONDS:
+            self._value, self._read_at = self._path.read_text().strip(), time.monotonic()
+        return self._value
+
+
+def _tls(ca: str | None = None, *, cadata: str | None = None, cert: tuple[str, str] | None = None,
+         insecure: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca, cadata=cadata)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(*cert)
+    return ctx
+
+
+def _from_kubeconfig(path: Path) -> ClusterConfig:
+    import yaml
 
     try:
-        return fn()
-    # 404: absent is a normal answer for reads and deletes
-    except ApiException as exc:
-        status = exc.status or 0
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PermanentError(f"kubeconfig {path}: cannot read it ({type(exc).__name__})") from None
+    contexts = {c["name"]: c["context"] for c in doc.get("contexts") or ()}
+    context = contexts.get(doc.get("current-context"), {})
+    cluster = {c["name"]: c["cluster"] for c in doc.get("clusters") or ()}.get(context.get("cluster"), {})
+    user = {u["name"]: u.get("user") or {} for u in doc.get("users") or ()}.get(context.get("user"), {})
+    if not cluster.get("server"):
+        raise PermanentError(f"kubeconfig {path}: no server for context {doc.get('current-context')!r}")
+    if set(user) - {"token", "tokenFile", "client-certificate", "client-key",
+                    "client-certificate-data", "client-key-data"}:
+        return _from_kubernetes_loader(path)  # exec plugins, auth providers: the library knows them
+    base = path.parent
+
+    def pem(source: Mapping[str, Any], key: str) -> str | None:
+        """A PEM file path for ``key`` or ``key-data`` (inline data goes to a private temp file)."""
+        if source.get(f"{key}-data"):
+            fd, name = tempfile.mkstemp(prefix="qdt-kube-", suffix=".pem")
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64decode(source[f"{key}-data"]))
+            return name
+        return str(base / source[key]) if source.get(key) else None
+
+    cert, key = pem(user, "client-certificate"), pem(user, "client-key")
+    tls = _tls(pem(cluster, "certificate-authority"), cert=(cert, key) if cert and key else None,
+               insecure=bool(cluster.get("insecure-skip-tls-verify")))
+    if user.get("tokenFile"):
+        return ClusterConfig(cluster["server"], tls, _FileToken(base / user["tokenFile"]))
+    value = str(user.get("token") or "")
+    return ClusterConfig(cluster["server"], tls, lambda: value)
+
+
+def _from_kubernetes_loader(path: Path) -> ClusterConfig:
+    from kubernetes import client, config
+
+    cfg: Any = client.Configuration()
+    loader: Any = config
+    loader.load_kube_config(config_file=str(path), client_configuration=cfg)
+    cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
+
+    def token() -> str:  # refreshed by the exec plugin / auth provider hook when it expires
+        header = cfg.get_api_key_with_prefix("authorization") or ""
+        return str(header).removeprefix("Bearer ").strip()
+
+    return ClusterConfig(cfg.host, _tls(cfg.ssl_ca_cert, cert=cert, insecure=not cfg.verify_ssl), token)
+
+
+class _Bearer(httpx.Auth):
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        value = self._token()
+        if value:
+            request.headers["Authorization"] = f"Bearer {value}"
+        yield request
+
+
+def http_client(config: ClusterConfig) -> httpx.Client:
+    return httpx.Client(base_url=config.server, verify=config.tls, auth=_Bearer(config.token),
+                        timeout=TIMEOUT, limits=POOL,
+                        headers={"Accept": "application/json", "User-Agent": "quay-dockertoken"})
+
+
+def shared_client() -> httpx.Client:
+    """One client (one connection pool) per process, built on the first event."""
+    global _shared
+    with _lock:
+        if _shared is None:
+            _shared = http_client(load_config())
+        return _shared
+
+
+# -- the calls -----------------------------------------------------------------------------------
+class Kube:
+    """Typed calls; counts its writes so tests and benchmarks can check idempotency."""
+
+    def __init__(self, http: httpx.Client | None = None) -> None:
+        self._http = http or shared_client()
+        self.writes = 0
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path) -> Kube:
+        return cls(http_client(load_config(str(path))))
+
+    def _request(self, what: str, method: str, path: str, *, body: Any = None,
+                 params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                 missing_ok: bool = False) -> dict[str, Any] | None:
+        """One call, its failures translated; None on 404 when ``missing_ok``."""
+        try:
+            resp = self._http.request(method, path, json=body, params=params, headers=headers)
+        # no answer at all: the API server is down or unreachable, a retry may work
+        except httpx.TransportError as exc:
+            raise KubeTransient(f"{what}: API server unreachable ({type(exc).__name__})") from None
+        status = resp.status_code
         if status == 404 and missing_ok:
             return None
-        detail = _message(exc)
-        if status == 409 or (status == 422 and "test operation" in detail):
-            raise Conflict(f"{what}: the object changed meanwhile ({detail})") from None
-        if status == 429 or status >= 500 or status == 0:
-            raise KubeTransient(f"{what}: API server answered {status} ({detail})") from None
-        raise PermanentError(f"{what}: API server answered {status} ({detail})") from None
-    # no answer at all: the API server is down or unreachable, a retry may work
-    except (HTTPError, OSError) as exc:
-        raise KubeTransient(f"{what}: API server unreachable ({type(exc).__name__})") from None
-
-
-def _message(exc: Any) -> str:
-    try:
-        return str(json.loads(exc.body).get("message", ""))[:300]
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason or "")[:300]
-
-
-class _CoreSecrets:
-    """The four Secret calls of ``CoreV1Api``, made through the same ApiClient (auth, TLS, pool).
-
-    ``CoreV1Api`` itself is not imported: its module imports about 250 model classes for its
-    annotations (~1 s on the first event after a cold start). Same paths, same answers (the raw
-    urllib3 response, as with ``_preload_content=False``), same ``ApiException`` on non-2xx.
-    """
-
-    _ONE = "/api/v1/namespaces/{namespace}/secrets/{name}"
-    _ALL = "/api/v1/namespaces/{namespace}/secrets"
-
-    def __init__(self, api: Any) -> None:
-        self._api = api
-
-    def _request(self, method: str, path: str, params: dict[str, str], body: Any = None) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        request = self._api.param_serialize(method=method, resource_path=path, path_params=params,
-                                            header_params=headers, body=body,
-                                            auth_settings=["BearerToken"])
-        response = self._api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
-        response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return response.response
-
-    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
-        return self._request("GET", self._ONE, {"namespace": namespace, "name": name})
-
-    def create_namespaced_secret(self, namespace: str, body: dict[str, Any]) -> Any:
-        return self._request("POST", self._ALL, {"namespace": namespace}, body)
-
-    def replace_namespaced_secret(self, name: str, namespace: str, body: dict[str, Any]) -> Any:
-        return self._request("PUT", self._ONE, {"namespace": namespace, "name": name}, body)
-
-    def delete_namespaced_secret(self, name: str, namespace: str, body: Any = None) -> Any:
-        return self._request("DELETE", self._ONE, {"namespace": namespace, "name": name}, body)
-
-
-class Kube:
-    """Typed calls on one ApiClient; counts its writes so tests and benchmarks can check idempotency."""
-
-    def __init__(self, api_client: Any = None) -> None:
-        from kubernetes import client
-
-        self._api: Any = api_client or load_client()
-        # Any: plain dicts go in and out; the generated models are not used
-        self._custom: Any = client.CustomObjectsApi(self._api)
-        # not client.CoreV1Api: importing it loads ~250 model modules, about 1 s of cold start
-        self._core = _CoreSecrets(self._api)
-        self.writes = 0
+        if status >= 300:
+            detail = _message(resp)
+            if status == 409:
+                raise Conflict(f"{what}: the object changed meanwhile ({detail})")
+            if status == 429 or status >= 500:
+                raise KubeTransient(f"{what}: API server answered {status} ({detail})")
+            raise PermanentError(f"{what}: API server answered {status} ({detail})")
+        try:
+            return dict(resp.json())
+        # a 2xx that is not JSON: the caller only needed the status
+        except ValueError:
+            return {}
 
     # -- DockerTokens ------------------------------------------------------------------------
     def get_dockertoken(self, namespace: str, name: str) -> dict[str, Any] | None:
-        obj: dict[str, Any] | None = _call(
-            f"get dockertoken {namespace}/{name}",
-            lambda: self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT),
-            missing_ok=True,
-        )
-        return obj
+        return self._request(f"get dockertoken {namespace}/{name}", "GET",
+                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", missing_ok=True)
 
     def iter_dockertokens(self, namespace: str | None = None,
                           page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
         """Every DockerToken (in one namespace, or all), a page at a time."""
-        token: str | None = None
+        path = f"{_CR}/namespaces/{namespace}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
+        params: dict[str, Any] = {"limit": page_size}
         while True:
-            kwargs = {"limit": page_size, "_continue": token, "_request_timeout": REQUEST_TIMEOUT}
-            if namespace:
-                call = functools.partial(self._custom.list_namespaced_custom_object, GROUP, VERSION,
-                                         namespace, PLURAL, **kwargs)
-            else:
-                call = functools.partial(self._custom.list_cluster_custom_object, GROUP, VERSION,
-                                         PLURAL, **kwargs)
-            page = _call("list dockertokens", call) or {}
+            page = self._request("list dockertokens", "GET", path, params=params) or {}
             yield from page.get("items") or ()
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
+            params["continue"] = (page.get("metadata") or {}).get("continue")
+            if not params["continue"]:
                 return
 
     def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
@@ -169,13 +231,9 @@ class Kube:
         """Replace metadata.finalizers, conditioned on resourceVersion (409 if anyone wrote since)."""
         self.writes += 1
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
-        result = _call(
-            f"patch finalizers of {namespace}/{name}",
-            lambda: self._custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT),
-            missing_ok=True,
-        )
-        return result or {}
+        return self._request(f"patch finalizers of {namespace}/{name}", "PATCH",
+                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
+                             headers=MERGE_PATCH, missing_ok=True) or {}
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any],
                      resource_version: str | None = None) -> dict[str, Any]:
@@ -184,49 +242,41 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        result = _call(
-            f"patch status of {namespace}/{name}",
-            lambda: self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT),
-            missing_ok=True,
-        )
-        return result or {}
+        return self._request(f"patch status of {namespace}/{name}", "PATCH",
+                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}/status", body=body,
+                             headers=MERGE_PATCH, missing_ok=True) or {}
 
     # -- Secrets -------------------------------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        resp = _call(
-            f"get secret {namespace}/{name}",
-            lambda: self._core.read_namespaced_secret(name, namespace),
-            missing_ok=True,
-        )
-        return None if resp is None else dict(json.loads(resp.data))
+        return self._request(f"get secret {namespace}/{name}", "GET",
+                             f"/api/v1/namespaces/{namespace}/secrets/{name}", missing_ok=True)
 
     def create_secret(self, body: dict[str, Any]) -> bool:
         """Create; False when the namespace does not exist (the only 404 a create can get)."""
         self.writes += 1
         meta = body["metadata"]
-        created = _call(
-            f"create secret {meta['namespace']}/{meta['name']}",
-            lambda: self._core.create_namespaced_secret(meta["namespace"], body),
-            missing_ok=True,
-        )
+        created = self._request(f"create secret {meta['namespace']}/{meta['name']}", "POST",
+                                f"/api/v1/namespaces/{meta['namespace']}/secrets", body=body,
+                                missing_ok=True)
         return created is not None
 
     def replace_secret(self, body: dict[str, Any]) -> None:
         """PUT with the resourceVersion the body carries: a concurrent edit gets 409."""
         self.writes += 1
         meta = body["metadata"]
-        _call(
-            f"update secret {meta['namespace']}/{meta['name']}",
-            lambda: self._core.replace_namespaced_secret(meta["name"], meta["namespace"], body),
-        )
+        self._request(f"update secret {meta['namespace']}/{meta['name']}", "PUT",
+                      f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}", body=body)
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete if present; with ``uid`` only that exact object (never a same-named newcomer)."""
         self.writes += 1
         body = {"preconditions": {"uid": uid}} if uid else None
-        _call(
-            f"delete secret {namespace}/{name}",
-            lambda: self._core.delete_namespaced_secret(name, namespace, body),
-            missing_ok=True,
-        )
+        self._request(f"delete secret {namespace}/{name}", "DELETE",
+                      f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, missing_ok=True)
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return resp.reason_phrase[:300]
