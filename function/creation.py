@@ -117,7 +117,7 @@ class CreationSteps(PassBase):
         assert ours is not None
         deadline = time.monotonic() + LEASE_WAIT_SECONDS
         while True:
-            others = list(self.kube.iter_dockertokens())
+            others = [decide.claim_view(o) for o in self.kube.iter_dockertokens()]
             rival = decide.yields_to(others, dt, ours, self.now)
             if not rival:
                 rival = decide.waits_for(others, dt, ours, self.now)

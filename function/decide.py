@@ -81,6 +81,16 @@ def lease_state(creation: Creation | None, now: datetime.datetime) -> Lease:
     return Lease.FRESH
 
 
+def claim_view(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of another DockerToken the claim and lease rules read; keeps a list of thousands
+    of objects small in memory (managedFields and spec are dropped)."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    return {
+        "metadata": {k: meta.get(k) for k in ("uid", "namespace", "name")},
+        "status": {k: status[k] for k in ("uuid", "pendingRevocation", "creation") if k in status},
+    }
+
+
 def claimed_uuids(objects: Iterable[Mapping[str, Any]], *, except_uid: str) -> set[str]:
     """UUIDs other DockerTokens track (or are about to revoke): never adopt or revoke those."""
     out: set[str] = set()

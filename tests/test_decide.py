@@ -121,3 +121,16 @@ def test_condition_transition_time_moves_only_when_status_changes() -> None:
     flipped = conditions.set_ready(again, ready=False, reason="C", message="", generation=2, now="t3")
     assert [c["lastTransitionTime"] for c in flipped] == ["t3", "t3"]
     assert all(c["status"] == "False" and c["observedGeneration"] == 2 for c in flipped)
+
+
+def test_claim_view_keeps_what_the_claim_and_lease_rules_read() -> None:
+    lease = {"id": "1", "title": "t", "since": "2026-11-26T11:59:50Z"}
+    full = {"metadata": {"uid": "o1", "namespace": "ns", "name": "o1", "managedFields": [{"x": 1}]},
+            "spec": {"name": "t"}, "status": {"uuid": "a", "pendingRevocation": ["b"], "creation": lease,
+                                               "conditions": [{"type": "Ready"}]}}
+    view = decide.claim_view(full)
+    assert "managedFields" not in view["metadata"] and "conditions" not in view["status"]
+    assert decide.claimed_uuids([view], except_uid="me") == decide.claimed_uuids([full], except_uid="me") == {"a", "b"}
+    me = make_dt(status={"creation": {**lease, "since": "2026-11-26T11:59:55Z"}}, title="t", uid="me")
+    assert me.status.creation is not None
+    assert decide.yields_to([view], me, me.status.creation, NOW) == decide.yields_to([full], me, me.status.creation, NOW) == "ns/o1"
