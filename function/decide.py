@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from function.cache import Listed
@@ -102,13 +102,10 @@ def claimed_uuids(objects: Iterable[Mapping[str, Any]], *, except_uid: str) -> s
     return out
 
 
-def yields_to(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
-              now: datetime.datetime) -> str:
-    """Name of another DockerToken creating a same-title token first, or "" if we go ahead.
-
-    Both sides take their lease before looking, so at least one sees the other; the older
-    (since, uid) lease wins, so they never both back off or both go.
-    """
+def _rivals(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
+            now: datetime.datetime) -> Iterator[tuple[bool, str]]:
+    """(is older than ours, namespace/name) of every other fresh lease on the same title."""
+    mine = (ours.since, dt.uid)
     for obj in objects:
         meta = obj.get("metadata") or {}
         if meta.get("uid") == dt.uid:
@@ -116,9 +113,17 @@ def yields_to(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creat
         other = Status.from_object(obj.get("status")).creation
         if other is None or other.title != ours.title or lease_state(other, now) is not Lease.FRESH:
             continue
-        if (other.since, str(meta.get("uid"))) < (ours.since, dt.uid):
-            return f"{meta.get('namespace')}/{meta.get('name')}"
-    return ""
+        yield (other.since, str(meta.get("uid"))) < mine, f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def yields_to(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
+              now: datetime.datetime) -> str:
+    """Name of another DockerToken creating a same-title token first, or "" if we go ahead.
+
+    Both sides take their lease before looking, so at least one sees the other; the older
+    (since, uid) lease wins, so they never both back off or both go.
+    """
+    return next((name for older, name in _rivals(objects, dt, ours, now) if older), "")
 
 
 def waits_for(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
@@ -130,16 +135,7 @@ def waits_for(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creat
     now and its token is not claimed yet. The older side must wait for it to record its token
     before looking for one to adopt, or both objects would own the same token.
     """
-    for obj in objects:
-        meta = obj.get("metadata") or {}
-        if meta.get("uid") == dt.uid:
-            continue
-        other = Status.from_object(obj.get("status")).creation
-        if other is None or other.title != ours.title or lease_state(other, now) is not Lease.FRESH:
-            continue
-        if (other.since, str(meta.get("uid"))) >= (ours.since, dt.uid):
-            return f"{meta.get('namespace')}/{meta.get('name')}"
-    return ""
+    return next((name for older, name in _rivals(objects, dt, ours, now) if not older), "")
 
 
 def pick_adoptable(tokens: Iterable[Listed], *, title: str, claimed: set[str],
