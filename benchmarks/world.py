@@ -8,7 +8,6 @@ connection's namespace, with its own return Secret ``<name>-pull`` beside it.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -313,17 +312,12 @@ class World:
 
     def api_requests(self) -> Counter[tuple[str, str]]:
         """Requests the kube-apiserver served on dockertokens and secrets, from its own /metrics."""
-        text = httpx.get(f"{self.cp.url}/metrics", verify=str(self.cp.ca_file), timeout=30,
-                         headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}).text
         out: Counter[tuple[str, str]] = Counter()
-        for line in text.splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        for labels, count in self.cp.request_totals():
             resource = labels.get("resource")
             if resource not in ("dockertokens", "secrets"):
                 continue
             if labels.get("subresource"):
                 resource = f"{resource}/{labels['subresource']}"
-            out[(labels.get("verb", ""), resource)] += int(float(line.rsplit(" ", 1)[1]))
+            out[(labels.get("verb", ""), resource)] += count
         return out

@@ -7,7 +7,6 @@ exactly the tokens the DockerTokens reference, and each return Secret holds its 
 from __future__ import annotations
 
 import base64
-import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -84,13 +83,5 @@ def run_concurrently(jobs: Iterable[Callable[[], Any]]) -> list[Any]:
 
 def apiserver_answers(env: Env, *, code: str, resource: str = "dockertokens") -> int:
     """How many requests on ``resource`` the API server answered with ``code`` (its own metrics)."""
-    text = httpx.get(f"{env.cp.url}/metrics", verify=str(env.cp.ca_file),
-                     headers={"Authorization": f"Bearer {env.cp.tokens['admin']}"}).text
-    total = 0
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-        if labels.get("code") == code and labels.get("resource") == resource:
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    return sum(n for labels, n in env.cp.request_totals()
+               if labels.get("code") == code and labels.get("resource") == resource)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,16 +131,8 @@ class Env:
     # -- API server write counting (the server's own metrics) ------------------------------------
     def write_count(self) -> int:
         """Writes to dockertokens and secrets the API server has served so far."""
-        text = httpx.get(f"{self.cp.url}/metrics", verify=str(self.cp.ca_file),
-                         headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}).text
-        total = 0
-        for line in text.splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            if labels.get("verb") in _WRITE_VERBS and labels.get("resource") in ("dockertokens", "secrets"):
-                total += int(float(line.rsplit(" ", 1)[1]))
-        return total
+        return sum(n for labels, n in self.cp.request_totals()
+                   if labels.get("verb") in _WRITE_VERBS and labels.get("resource") in ("dockertokens", "secrets"))
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -263,6 +264,15 @@ class ControlPlane:
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
         return path
+
+    def request_totals(self) -> list[tuple[dict[str, str], int]]:
+        """``apiserver_request_total`` from the API server's own /metrics: (labels, count) rows."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", verify=str(self.ca_file), timeout=30,
+                         headers={"Authorization": f"Bearer {self.tokens['admin']}"}).text
+        return [(dict(re.findall(r'(\w+)="([^"]*)"', line)), int(float(line.rsplit(" ", 1)[1])))
+                for line in text.splitlines() if line.startswith("apiserver_request_total{")]
 
     def api_client(self, identity: str = "admin") -> Any:
         """A kubernetes ApiClient for one of the identities (admin or a ServiceAccount name)."""
