@@ -1,6 +1,6 @@
 """Turn an incoming CloudEvent into the object it names. Called by ``main.py``; no I/O.
 
-Accepted (binary or structured content mode, see docs/events.md):
+Accepted (binary or structured content mode; README "Events"):
   dev.knative.apiserver.resource.{add,update,delete}  data = the whole object
   dev.knative.apiserver.ref.{add,update,delete}       data = {kind, namespace, name, apiVersion}
   io.github.herve4m.quay.dockertoken.resync           data = {namespace, name}  (the CronJob)

@@ -122,6 +122,6 @@ def _install_hooks(app: flask.Flask) -> None:
     app.add_url_rule("/healthz", "healthz", lambda: _answer(200, "ok"), methods=["GET"])
 
 
-# functions-framework executes this module inside its app context (see docs/events.md).
+# functions-framework executes this module inside its app context, so hooks can be added here.
 if flask.has_app_context():
     _install_hooks(flask.current_app)
