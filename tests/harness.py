@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
+from function.model import API_VERSION
+
 ROOT = Path(__file__).resolve().parents[1]
-API_VERSION = "quay.herve4m.github.io/v1alpha1"
-RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
 
 
 def free_port() -> int:
@@ -130,21 +130,11 @@ def apiserver_event(verb: str, obj: dict[str, Any], *, mode: str = "ref",
 
 
 def resync_event(namespace: str, name: str) -> tuple[dict[str, str], bytes]:
-    """The CronJob's event (function/resync.py sends the same)."""
-    import json
+    """The CronJob's event, built by the resync command's own code."""
+    from function.resync import ObjectRef
+    from function.resync import resync_event as build
 
-    headers = {
-        "Content-Type": "application/json",
-        "Ce-Specversion": "1.0",
-        "Ce-Id": str(uuid.uuid4()),
-        "Ce-Source": "/quay-dockertoken/resync",
-        "Ce-Type": RESYNC_TYPE,
-        "Ce-Kind": "DockerToken",
-        "Ce-Name": name,
-        "Ce-Namespace": namespace,
-        "Ce-Apiversion": API_VERSION,
-    }
-    return headers, json.dumps({"namespace": namespace, "name": name}).encode()
+    return build(ObjectRef(namespace, name))
 
 
 def structured(headers: dict[str, str], body: bytes) -> tuple[dict[str, str], bytes]:
