@@ -137,6 +137,9 @@ class _Pass(CreationSteps, SecretSteps):
 
     def _revoke_pending(self) -> None:
         pending = self.pending()
+        if not pending:
+            return
+        self.forget_tokens()  # whatever happens below, the cached list no longer holds
         for uid in list(pending):
             try:
                 self.quay.revoke_token(uid)
@@ -146,7 +149,6 @@ class _Pass(CreationSteps, SecretSteps):
                 pass
             pending.remove(uid)
             self.status["pendingRevocation"] = pending or None
-            self.forget_tokens()
 
     def _succeed(self, replaced: str) -> None:
         st = self.status
