@@ -10,12 +10,12 @@ No credential (token, password, cookie, CSRF token, token code) may appear in an
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +38,7 @@ from function.errors import (
     ReconcileError,
 )
 from function.quay import AppToken, QuayClient
+from tests.checks import run_concurrently
 from tests.quaysim import (
     ADMIN_TOKEN,
     ALLSCOPES_TOKEN,
@@ -781,22 +782,12 @@ def test_feature_disabled_and_wrong_path() -> None:
 
 
 def test_sixteen_concurrent_clients(sim: QuaySimulator) -> None:
-    errors: list[BaseException] = []
-
     def work(index: int) -> None:
-        try:
-            with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
-                token = client.create_token(f"t{index}")
-                assert token.uuid in {t.uuid for t in client.list_tokens()}
-        except BaseException as error:
-            errors.append(error)
+        with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
+            token = client.create_token(f"t{index}")
+            assert token.uuid in {t.uuid for t in client.list_tokens()}
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    run_concurrently(functools.partial(work, i) for i in range(16))
     assert sorted(t["title"] for t in sim.tokens()) == sorted(f"t{i}" for i in range(16))
 
 

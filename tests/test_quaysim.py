@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import functools
 import http.client
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.checks import run_concurrently
 from tests.quaysim import (
     ADMIN_TOKEN,
     ALLSCOPES_TOKEN,
@@ -461,23 +463,13 @@ def test_trailing_slash_and_unknown_paths(sim: QuaySimulator) -> None:
 
 
 def test_concurrent_requests(sim: QuaySimulator) -> None:
-    errors: list[BaseException] = []
-
     def work(index: int) -> None:
-        try:
-            with api(sim) as client:
-                for step in range(10):
-                    create(client, f"{index}-{step}")
-                    assert client.get(TOKENS).status_code == 200
-        except BaseException as error:
-            errors.append(error)
+        with api(sim) as client:
+            for step in range(10):
+                create(client, f"{index}-{step}")
+                assert client.get(TOKENS).status_code == 200
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    run_concurrently(functools.partial(work, i) for i in range(16))
     assert len(sim.tokens()) == 160 and sim.total_calls == 320
 
 
