@@ -122,14 +122,21 @@ def interleaved(first: Callable[[int], float], second: Callable[[int], float],
     return a, b
 
 
-def adds_vs_direct(poster: Poster, objs: list[Obj], direct: Direct) -> tuple[Samples, list[float]]:
-    ours = Samples()
+def _timed(poster: Poster, verb: str, objs: list[Obj], ours: Samples) -> Callable[[int], float]:
+    """Post ``verb`` for object i and return the round trip; a non-2xx answer is a failure."""
 
-    def add(i: int) -> float:
-        seconds, status = poster.post(event("add", objs[i]))
+    def post(i: int) -> float:
+        seconds, status = poster.post(event(verb, objs[i]))
         if not 200 <= status < 300:
             ours.failures.append(f"{objs[i].name}: HTTP {status}")
         return seconds
+
+    return post
+
+
+def adds_vs_direct(poster: Poster, objs: list[Obj], direct: Direct) -> tuple[Samples, list[float]]:
+    ours = Samples()
+    add = _timed(poster, "add", objs, ours)
 
     started = time.perf_counter()
     ours.seconds, base = interleaved(add, direct.once, len(objs))
@@ -139,12 +146,7 @@ def adds_vs_direct(poster: Poster, objs: list[Obj], direct: Direct) -> tuple[Sam
 
 def noops_vs_bare(poster: Poster, bare: Poster, objs: list[Obj]) -> tuple[Samples, list[float]]:
     ours = Samples()
-
-    def update(i: int) -> float:
-        seconds, status = poster.post(event("update", objs[i]))
-        if not 200 <= status < 300:
-            ours.failures.append(f"{objs[i].name}: HTTP {status}")
-        return seconds
+    update = _timed(poster, "update", objs, ours)
 
     def bare_update(i: int) -> float:
         return bare.post(event("update", objs[i]))[0]
