@@ -86,7 +86,8 @@ def measure(world: World, fn: Function, poster: Poster, key: str, title: str,
     before = world.counts()
     seconds, status = poster.post(ev)
     after = world.counts()
-    line = log_line(fn, ev[0]["Ce-Id"])
+    event_id = next(v for k, v in ev[0].items() if k.lower() == "ce-id")  # header names are case-free
+    line = log_line(fn, event_id)
     actions = [str(a) for a in line.get("actions") or []]  # type: ignore[attr-defined]
     return Scenario(key, title, after - before, seconds, status, actions)
 
