@@ -106,11 +106,11 @@ def steady_scenarios(world: World, fn: Function, poster: Poster, objs: list[Obj]
     s.goal, s.met = "0 writes, 0 Quay", s.counts.writes == 0 and s.counts.quay_calls == 0
     out.append(s)
     s = measure(world, fn, poster, "resync-cold", "resync, object in order, cold cache",
-                harness.resync_event(a.namespace, a.name))
+                harness.resync_event(a.namespace, a.name, wave="steady"))
     s.goal, s.met = "0 writes, <=1 list", s.counts.writes == 0 and s.counts.quay_calls <= 1
     out.append(s)
     s = measure(world, fn, poster, "resync-warm", "resync, in order, same connection, warm cache",
-                harness.resync_event(b.namespace, b.name))
+                harness.resync_event(b.namespace, b.name, wave="steady"))
     s.goal, s.met = "0 writes, 0 Quay", s.counts.writes == 0 and s.counts.quay_calls == 0
     out.append(s)
     world.delete_secret(c)

@@ -17,8 +17,8 @@ import httpx
 from benchmarks.world import Obj, World
 from function.connection import parse_connection
 from function.kube import Kube
+from function.pullsecret import MANAGED_BY, MANAGED_BY_LABEL, SECRET_TYPE, string_data
 from function.quay import QuayClient
-from function.secret import MANAGED_BY, MANAGED_BY_LABEL, SECRET_TYPE, TokenData, string_data
 from tests import harness
 
 DIRECT_USER = "benchdirect"
@@ -101,13 +101,11 @@ class Direct:
         started = time.perf_counter()
         with QuayClient(self.conn) as quay:
             token = quay.create_token(f"direct-{n:04d}")
-        data = TokenData(token.uuid, token.title, token.token_code or "", token.created or "",
-                         token.expiration or "", token.last_accessed or "")
         self.kube.create_secret({
             "apiVersion": "v1", "kind": "Secret", "type": SECRET_TYPE,
             "metadata": {"name": f"direct-{n:04d}", "namespace": "bench-direct",
                          "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
-            "stringData": string_data(data, self.conn.registry),
+            "stringData": string_data(token, self.conn.registry),
         })
         return time.perf_counter() - started
 

@@ -20,6 +20,7 @@ CLEANUP_BLOCKED = "CleanupBlocked"
 SECRET_NOT_FOUND = "ConnectionSecretNotFound"
 SECRET_CONFLICT = "ReturnSecretConflict"
 CREATION_IN_PROGRESS = "CreationInProgress"
+CROSS_NAMESPACE_DENIED = "CrossNamespaceRefDenied"
 
 
 def set_condition(

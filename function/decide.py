@@ -1,6 +1,15 @@
-"""Pure decisions: no I/O, no clock (``now`` is a parameter), never the CloudEvent type.
+"""The whole decision of a reconcile pass, as pure functions: no I/O, no clock, no CloudEvent.
 
-``reconcile.py`` gathers the observed state, asks these functions what to do, and does it.
+``reconcile.py`` runs observe (``observe.py``) -> :func:`plan` -> apply (``apply.py``). The plan
+says everything that does not depend on Quay's answers; what does (is the token still there,
+did the POST succeed) is decided by the small functions below as the answers come in
+(:func:`after_verify`, :func:`pick_adoptable`), and the status to write by :func:`ready_status`
+and :func:`failed_status`.
+
+The convergence rule (README "Design notes"): a pass that fails records, with the failure, a
+digest of what could fix it (:func:`inputs_digest`) and a retry time; until one of them moves,
+every event - including the echo of that very write - is answered with no write and no Quay
+call (:attr:`Plan.skip`).
 """
 
 from __future__ import annotations
@@ -8,19 +17,28 @@ from __future__ import annotations
 import datetime
 import email.utils
 import enum
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from function.cache import Listed
-from function.model import Creation, DockerToken, Status
-from function.secret import TokenData
+from function import conditions, pullsecret
+from function.connection import Connection
+from function.errors import PermanentError, QuayTransient, ReconcileError
+from function.model import FINALIZER, Creation, DockerToken, Ref, Status, Token
 
 # A creation lease older than this is abandoned (its holder died between POST and recording
 # the UUID). Far above the longest Quay call a holder can make (timeout <= 60 s in practice).
 LEASE_TTL = datetime.timedelta(seconds=120)
+# Failure retry schedule: the first retry is due 5 minutes after the failure (so the next
+# resync of the default 10-minute schedule makes it), then 10, 20, 40 min ... up to 6 hours.
+RETRY_BASE = datetime.timedelta(minutes=5)
+RETRY_MAX = datetime.timedelta(hours=6)
+# A resync that arrives this much before the retry time still retries (CronJob start jitter).
+RETRY_SLACK = datetime.timedelta(minutes=1)
 
 
-class TokenPlan(enum.StrEnum):
+class TokenStep(enum.StrEnum):
     """How to obtain the token the Secret must hold."""
 
     KEEP = "keep"          # status UUID stands and the Secret holds its code: no Quay call
@@ -33,6 +51,253 @@ class Lease(enum.StrEnum):
     NONE = "none"
     FRESH = "fresh"
     STALE = "stale"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything one pass knows before it acts; built by ``observe.py``."""
+
+    dt: DockerToken
+    now: datetime.datetime
+    verify: bool                       # a resync: confirm in Quay that the token still exists
+    wave: str                          # the resync run (its events share one list)
+    conn: Connection | None            # None: see conn_error
+    conn_error: PermanentError | None  # the connection Secret is missing, refused or invalid
+    conn_version: str                  # its resourceVersion ("" when missing): a fix moves it
+    ret_secret: Mapping[str, Any] | None      # the Secret at spec.retSecretRef, as found
+    old_ret_secret: Mapping[str, Any] | None  # the one at status.retSecret, when that moved
+    consent_error: PermanentError | None = None  # a cross-namespace reference is not allowed
+    consent_version: str = ""          # what the consent was read from (a fix moves it)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failure to record in status (Ready=False) instead of acting."""
+
+    reason: str
+    message: str
+    temporary: bool = False
+
+    @classmethod
+    def of(cls, exc: ReconcileError) -> Failure:
+        return cls(exc.reason, str(exc), temporary=isinstance(exc, QuayTransient))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a pass does, in order; ``apply.py`` carries it out."""
+
+    add_finalizer: bool = False
+    skip: str = ""                        # why nothing else is done (nothing to do, backoff)
+    failure: Failure | None = None        # record this and stop
+    token: TokenStep | None = None        # ensure: how to get the token
+    replace_reason: str = ""              # ACQUIRE replacing a recorded token: why (status)
+    held: Token | None = None             # the token the return Secret holds, when usable
+    write_secret: Ref | None = None       # where the pull Secret must hold the token
+    delete_secrets: tuple[Ref, ...] = ()  # ours, no longer wanted (moved, or deletion)
+    revoke: tuple[str, ...] = ()          # UUIDs to revoke (pending, or deletion's)
+    revoke_by_title: bool = False         # deletion: also unclaimed tokens titled spec.name
+    wait_for_lease: bool = False          # deletion: a creation is in flight, let it record
+    remove_finalizer: bool = False
+    inputs: str = ""                      # digest recorded with a failure
+    cleanup: bool = False                 # a deletion pass (failures are CleanupBlocked)
+
+
+def plan(ob: Observed) -> Plan:
+    """The plan for one observed DockerToken (see the module docstring for the loop rule)."""
+    dt = ob.dt
+    inputs = inputs_digest(ob)
+    if dt.deleting:
+        return _plan_deletion(ob, inputs)
+    add = not dt.has_finalizer
+    if _backing_off(dt.status, inputs, ob.now):
+        return Plan(add_finalizer=add, skip="backoff", inputs=inputs)
+    try:
+        dt.validate()
+    except PermanentError as exc:
+        return Plan(add_finalizer=add, failure=Failure.of(exc), inputs=inputs)
+    for error in (ob.consent_error, ob.conn_error):
+        if error is not None:
+            return Plan(add_finalizer=add, failure=Failure.of(error), inputs=inputs)
+    if ob.ret_secret is not None and not pullsecret.is_ours(ob.ret_secret, dt):
+        return Plan(add_finalizer=add, inputs=inputs, failure=Failure(
+            conditions.SECRET_CONFLICT,
+            f"retSecretRef: Secret {dt.ret_secret} exists and belongs to something else (no "
+            "quay-dockertoken owner mark); choose another name or delete that Secret"))
+    held = pullsecret.token_from(ob.ret_secret) if ob.ret_secret is not None else None
+    if held is not None and held.uuid != dt.status.uuid:
+        held = None
+    step, why = token_step(dt, held, verify=ob.verify, now=ob.now)
+    old = dt.status.ret_secret
+    return Plan(
+        add_finalizer=add, token=step, replace_reason=why, held=held, write_secret=dt.ret_secret,
+        delete_secrets=(old,) if old is not None and old != dt.ret_secret else (),
+        revoke=dt.status.pending_revocation, inputs=inputs,
+    )
+
+
+def _plan_deletion(ob: Observed, inputs: str) -> Plan:
+    dt = ob.dt
+    if not dt.has_finalizer:
+        return Plan(skip="gone")
+    secrets = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
+    done = Plan(cleanup=True, delete_secrets=secrets, remove_finalizer=True, inputs=inputs)
+    lease = lease_state(dt.status.creation, ob.now)
+    if dt.preserve_in_quay:
+        return done
+    revoke = tuple(u for u in (dt.status.uuid, *dt.status.pending_revocation) if u)
+    # adopted from the old operator (no UUID), or a creation was cut short: revoke by title
+    by_title = not dt.status.uuid and bool(dt.status.exist_in_quay or dt.status.creation) and bool(dt.title)
+    if not revoke and not by_title:
+        return done  # nothing was ever made in Quay: no connection needed
+    if _backing_off(dt.status, inputs, ob.now):
+        return Plan(skip="backoff", inputs=inputs, cleanup=True)
+    error = ob.consent_error or ob.conn_error
+    if error is None and not dt.conn_secret.name:
+        error = PermanentError("spec.connSecretRef.name is empty")
+    if error is not None:
+        return Plan(cleanup=True, failure=cleanup_blocked(error), inputs=inputs)
+    return Plan(cleanup=True, delete_secrets=secrets, revoke=revoke, revoke_by_title=by_title,
+                wait_for_lease=lease is Lease.FRESH, remove_finalizer=True, inputs=inputs)
+
+
+def cleanup_blocked(exc: ReconcileError) -> Failure:
+    return Failure(
+        conditions.CLEANUP_BLOCKED,
+        f"cannot revoke the token in Quay: {exc}. Fix it, or set spec.preserveInQuayOnDeletion: "
+        f"true (the token then stays in Quay) or remove the finalizer {FINALIZER}, and delete "
+        "the token in Quay yourself",
+        temporary=isinstance(exc, QuayTransient),
+    )
+
+
+def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
+               now: datetime.datetime) -> tuple[TokenStep, str]:
+    """What to do about the token, and (for ACQUIRE) why, for the status message.
+
+    ``held`` is the token the return Secret holds, if it is ours and matches the status UUID.
+    """
+    st = dt.status
+    if not st.uuid:
+        return TokenStep.ACQUIRE, ""
+    if st.token_name and st.token_name != dt.title:
+        return TokenStep.ACQUIRE, f"spec.name changed from {st.token_name!r}; replaced the token"
+    if is_expired(st.expiration, now):
+        return TokenStep.ACQUIRE, f"token {st.uuid} expired on {st.expiration}; created a replacement"
+    if dt.ret_secret is not None and held is None:
+        return TokenStep.FETCH, ""
+    return (TokenStep.VERIFY if verify else TokenStep.KEEP), ""
+
+
+def after_verify(held: Token | None, listed: Token | None,
+                 now: datetime.datetime) -> tuple[TokenStep, Token | None]:
+    """VERIFY, once the (cached) list is known: KEEP with Quay's dates, or FETCH to be sure."""
+    if listed is None or is_expired(listed.expiration, now):
+        return TokenStep.FETCH, None
+    if held is None:
+        return TokenStep.KEEP, None
+    return TokenStep.KEEP, Token(listed.uuid, held.title, listed.created, listed.expiration,
+                                 listed.last_accessed, held.code)
+
+
+# -- the convergence rule ------------------------------------------------------------------------
+def inputs_digest(ob: Observed) -> str:
+    """What someone could change to fix a failure, hashed (status must not name Secrets' data).
+
+    The spec (generation), deletion, the reconcile-request annotation, the connection Secret's
+    resourceVersion, a foreign Secret squatting the return Secret's name, and where consent to a
+    cross-namespace reference is read from. Never anything this function writes itself.
+    """
+    ret = ob.ret_secret
+    foreign = ""
+    if ret is not None and not pullsecret.is_ours(ret, ob.dt):
+        foreign = str((ret.get("metadata") or {}).get("resourceVersion") or "")
+    parts = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "", ob.dt.reconcile_request,
+             str(ob.dt.conn_secret), ob.conn_version, foreign, ob.consent_version)
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def _backing_off(status: Status, inputs: str, now: datetime.datetime) -> bool:
+    retry = status.retry
+    if retry is None or retry.inputs != inputs:
+        return False
+    due = parse_time(retry.not_before)
+    return due is not None and now < due - RETRY_SLACK
+
+
+def retry_record(status: Status, inputs: str, failure: Failure, now: datetime.datetime) -> dict[str, Any]:
+    """The ``status.retry`` of a failure: attempts count up while the inputs stay the same."""
+    old = status.retry
+    attempts = old.attempts + 1 if old is not None and old.inputs == inputs else 1
+    delay = min(RETRY_BASE * 2 ** min(attempts - 1, 16), RETRY_MAX)
+    return {"inputs": inputs, "attempts": attempts, "notBefore": rfc3339(now + delay),
+            "temporary": failure.temporary}
+
+
+# -- status ----------------------------------------------------------------------------------------
+def failed_status(dt: DockerToken, raw: Mapping[str, Any], failure: Failure, inputs: str,
+                  now: datetime.datetime) -> dict[str, Any]:
+    """Status after a failure: Ready=False, the message, the retry record, no lease left."""
+    st = dict(raw)
+    st["message"] = failure.message
+    st["observedGeneration"] = dt.generation
+    st["retry"] = retry_record(dt.status, inputs, failure, now)
+    if lease_state(dt.status.creation, now) is not Lease.FRESH:
+        st["creation"] = None
+    st["conditions"] = conditions.set_ready(
+        st.get("conditions") or [], ready=False, reason=failure.reason, message=failure.message,
+        generation=dt.generation, now=rfc3339(now))
+    return st
+
+
+def ready_status(dt: DockerToken, raw: Mapping[str, Any], *, replaced: str,
+                 now: datetime.datetime) -> tuple[dict[str, Any], str, str]:
+    """Status after a successful pass, and the Ready (reason, message)."""
+    st = dict(raw)
+    if st.get("uuid"):
+        st["existInQuay"] = True
+    st["message"] = ""
+    st["observedGeneration"] = dt.generation
+    st["retry"] = None
+    # a lease is freed by its holder, which may be POSTing right now; drop only an abandoned one
+    if lease_state(Status.from_object(st).creation, now) is Lease.STALE:
+        st["creation"] = None
+    old = dt.status.condition(conditions.READY)
+    if replaced:
+        reason, message = conditions.TOKEN_REPLACED, replaced
+    elif old is not None and old.get("status") == "True":
+        reason, message = str(old.get("reason", "")), str(old.get("message", ""))
+    else:
+        reason, message = conditions.TOKEN_READY, ""
+    st["conditions"] = conditions.set_ready(
+        st.get("conditions") or [], ready=True, reason=reason, message=message,
+        generation=dt.generation, now=rfc3339(now))
+    return st, reason, message
+
+
+def recorded(dt: DockerToken, token: Token, pending: Iterable[str], *, revoke_old: bool) -> dict[str, Any]:
+    """What is written the moment a token is obtained, before anything else can fail."""
+    old = dt.status.uuid
+    keep = [u for u in pending if u not in (token.uuid, old)]
+    if revoke_old and old and old != token.uuid:
+        keep.append(old)  # revoked once the Secret holds the new one
+    return {"uuid": token.uuid, "tokenName": dt.title, "expiration": token.expiration or None,
+            "existInQuay": True, "creation": None, "pendingRevocation": keep or None}
+
+
+def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch turning ``current`` status into ``desired``; empty when equal."""
+    patch: dict[str, Any] = {}
+    for key in set(current) | set(desired):
+        want = desired.get(key)
+        if current.get(key) != want:
+            patch[key] = want  # None removes the key
+    return patch
+
+
+# -- time -------------------------------------------------------------------------------------------
+def rfc3339(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str) -> datetime.datetime | None:
@@ -54,24 +319,7 @@ def is_expired(expiration: str, now: datetime.datetime) -> bool:
     return when is not None and when <= now
 
 
-def plan_token(dt: DockerToken, held: TokenData | None, *, verify: bool,
-               now: datetime.datetime) -> tuple[TokenPlan, str]:
-    """What to do about the token, and (for ACQUIRE) why, for the status message.
-
-    ``held`` is the token the return Secret holds, if it is ours and matches the status UUID.
-    """
-    st = dt.status
-    if not st.uuid:
-        return TokenPlan.ACQUIRE, ""
-    if st.token_name and st.token_name != dt.title:
-        return TokenPlan.ACQUIRE, f"spec.name changed from {st.token_name!r}; replaced the token"
-    if is_expired(st.expiration, now):
-        return TokenPlan.ACQUIRE, f"token {st.uuid} expired on {st.expiration}; created a replacement"
-    if dt.ret_secret is not None and held is None:
-        return TokenPlan.FETCH, ""
-    return (TokenPlan.VERIFY if verify else TokenPlan.KEEP), ""
-
-
+# -- the creation lease and adoption --------------------------------------------------------------
 def lease_state(creation: Creation | None, now: datetime.datetime) -> Lease:
     if creation is None:
         return Lease.NONE
@@ -138,8 +386,8 @@ def waits_for(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creat
     return next((name for older, name in _rivals(objects, dt, ours, now) if not older), "")
 
 
-def pick_adoptable(tokens: Iterable[Listed], *, title: str, claimed: set[str],
-                   now: datetime.datetime) -> Listed | None:
+def pick_adoptable(tokens: Iterable[Token], *, title: str, claimed: set[str],
+                   now: datetime.datetime) -> Token | None:
     """The newest unexpired token with this title that no other DockerToken claims."""
     candidates = [
         t for t in tokens
@@ -150,17 +398,7 @@ def pick_adoptable(tokens: Iterable[Listed], *, title: str, claimed: set[str],
     return candidates[-1] if candidates else None
 
 
-def revocable(tokens: Iterable[Listed], *, title: str, claimed: set[str]) -> list[str]:
+def revocable(tokens: Iterable[Token], *, title: str, claimed: set[str]) -> list[str]:
     """Deleting an object adopted from the old operator (no UUID): its documented behaviour is to
     revoke every token with its title; we spare those another DockerToken tracks."""
     return [t.uuid for t in tokens if t.title == title and t.uuid not in claimed]
-
-
-def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch turning ``current`` status into ``desired``; empty when equal."""
-    patch: dict[str, Any] = {}
-    for key in set(current) | set(desired):
-        want = desired.get(key)
-        if current.get(key) != want:
-            patch[key] = want  # None removes the key
-    return patch

@@ -3,7 +3,8 @@
 Accepted (binary or structured content mode; README "Events"):
   dev.knative.apiserver.resource.{add,update,delete}  data = the whole object
   dev.knative.apiserver.ref.{add,update,delete}       data = {kind, namespace, name, apiVersion}
-  io.github.herve4m.quay.dockertoken.resync           data = {namespace, name}  (the CronJob)
+  io.github.herve4m.quay.dockertoken.resync           data = {namespace, name}  (the CronJob;
+                                                      extension resyncwave: the run's id)
 The body is only used to learn *which* object: the reconciler always reads the current one.
 """
 
@@ -22,6 +23,7 @@ APISERVER_PREFIXES = ("dev.knative.apiserver.resource.", "dev.knative.apiserver.
 APISERVER_VERBS = ("add", "update", "delete")
 # Kubernetes name rules: namespaces are RFC 1123 labels, object names DNS subdomains.
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_WAVE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -31,8 +33,8 @@ class Target:
 
     namespace: str
     name: str
-    event_type: str
     verify_quay: bool
+    wave: str = ""  # a resync run's id: its events share one Quay list per connection
 
 
 def parse_event(attributes: Mapping[str, Any], data: Any) -> Target | None:
@@ -62,7 +64,9 @@ def parse_event(attributes: Mapping[str, Any], data: Any) -> Target | None:
     if not name or not _SUBDOMAIN.match(name):
         raise BadEvent(f"name {name[:80]!r} is missing or not a valid object name; "
                        "set data.name (or data.metadata.name, or the name extension)")
-    return Target(namespace, name, event_type, verify_quay=resync)
+    wave = attributes.get("resyncwave") if resync else ""
+    wave = wave if isinstance(wave, str) and _WAVE.match(wave) else ""
+    return Target(namespace, name, verify_quay=resync, wave=wave)
 
 
 def _is_apiserver(event_type: str) -> bool:

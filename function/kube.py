@@ -84,15 +84,31 @@ class _FileToken:
         return self._value
 
 
-def _tls(ca: str | None = None, *, cadata: str | None = None, cert: tuple[str, str] | None = None,
+def _tls(ca: str | None = None, *, cadata: str | None = None,
+         cert: tuple[bytes, bytes] | tuple[str, str] | None = None,
          insecure: bool = False) -> ssl.SSLContext:
+    """A TLS context; ``cert`` is (certificate, key) as file paths or as PEM bytes."""
     ctx = ssl.create_default_context(cafile=ca, cadata=cadata)
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    if cert:
-        ctx.load_cert_chain(*cert)
+    if cert and isinstance(cert[0], bytes):
+        _load_pem_chain(ctx, cert[0], bytes(cert[1]))
+    elif cert:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
     return ctx
+
+
+def _load_pem_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """ssl loads client certificates only from files: write them privately, load, remove."""
+    with tempfile.TemporaryDirectory(prefix="qdt-kube-") as folder:
+        paths = []
+        for name, pem in (("cert.pem", cert), ("key.pem", key)):
+            path = Path(folder) / name
+            path.touch(mode=0o600)
+            path.write_bytes(pem)
+            paths.append(str(path))
+        ctx.load_cert_chain(*paths)
 
 
 def _from_kubeconfig(path: Path) -> ClusterConfig:
@@ -113,17 +129,15 @@ def _from_kubeconfig(path: Path) -> ClusterConfig:
         return _from_kubernetes_loader(path)  # exec plugins, auth providers: the library knows them
     base = path.parent
 
-    def pem(source: Mapping[str, Any], key: str) -> str | None:
-        """A PEM file path for ``key`` or ``key-data`` (inline data goes to a private temp file)."""
+    def pem(source: Mapping[str, Any], key: str) -> bytes | None:
+        """The PEM bytes of ``key-data`` (inline) or of the file ``key`` names."""
         if source.get(f"{key}-data"):
-            fd, name = tempfile.mkstemp(prefix="qdt-kube-", suffix=".pem")
-            with os.fdopen(fd, "wb") as f:
-                f.write(base64.b64decode(source[f"{key}-data"]))
-            return name
-        return str(base / source[key]) if source.get(key) else None
+            return base64.b64decode(source[f"{key}-data"])
+        return (base / source[key]).read_bytes() if source.get(key) else None
 
+    ca = pem(cluster, "certificate-authority")
     cert, key = pem(user, "client-certificate"), pem(user, "client-key")
-    tls = _tls(pem(cluster, "certificate-authority"), cert=(cert, key) if cert and key else None,
+    tls = _tls(cadata=ca.decode() if ca else None, cert=(cert, key) if cert and key else None,
                insecure=bool(cluster.get("insecure-skip-tls-verify")))
     if user.get("tokenFile"):
         return ClusterConfig(cluster["server"], tls, _FileToken(base / user["tokenFile"]))
@@ -179,6 +193,10 @@ class Kube:
     def __init__(self, http: httpx.Client | None = None) -> None:
         self._http = http or shared_client()
         self.writes = 0
+
+    def session(self) -> Kube:
+        """The same connection pool with a write counter of its own (one per reconcile pass)."""
+        return Kube(self._http)
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path) -> Kube:
@@ -245,6 +263,11 @@ class Kube:
         return self._request(f"patch status of {namespace}/{name}", "PATCH",
                              f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}/status", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}
+
+    # -- Namespaces ----------------------------------------------------------------------------
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        return self._request(f"get namespace {name}", "GET", f"/api/v1/namespaces/{name}",
+                             missing_ok=True)
 
     # -- Secrets -------------------------------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:

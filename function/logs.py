@@ -38,6 +38,11 @@ def setup() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root.handlers = [handler]
-    root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    known = level in logging.getLevelNamesMapping()
+    root.setLevel(level if known else logging.INFO)
+    if not known:
+        logging.getLogger("function").warning(
+            "LOG_LEVEL=%r is not a log level; using INFO (DEBUG, INFO, WARNING, ERROR)", level[:40])
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)

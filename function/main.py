@@ -2,10 +2,13 @@
 
   functions-framework --source function/main.py --target handle --signature-type cloudevent
 
-Answers decide whether Knative redelivers: 204 with an empty body when done or when a retry
-cannot help (the reason is in status; a Broker counts a non-empty non-CloudEvent body as a
-failure), 503 for transient failures (ApiServerSource retries 503 but not 500), 400 for a
-malformed event. ``GET /healthz`` serves probes (a CloudEvent function answers GET / with 405).
+Answers decide whether Knative redelivers: 204 with an empty body when done, and when a failure
+is recorded in status (its retry is the resync's, after a backoff: redelivering at once would
+only feed the loop; a Broker counts a non-empty non-CloudEvent body as a failure); 503 when
+nothing could be recorded (API server trouble, a concurrent creation; ApiServerSource retries
+503 but not 500) and to a resync event whose object is left failing because Quay is
+unavailable (the CronJob counts it); 400 for a malformed event. ``GET /healthz`` serves probes
+(a CloudEvent function answers GET / with 405).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def handle(cloud_event: CloudEvent) -> None:
             return
         fields.update(namespace=target.namespace, name=target.name)
         outcome = reconciler().reconcile(target.namespace, target.name,
-                                         verify_quay=target.verify_quay)
+                                         verify_quay=target.verify_quay, wave=target.wave)
     # the event itself is wrong: redelivering the same bytes cannot help
     except BadEvent as exc:
         _log(fields, started, "bad-event", 400, message=str(exc))
@@ -76,6 +79,9 @@ def handle(cloud_event: CloudEvent) -> None:
         logger.exception("unexpected error", extra={"fields": fields})
         _log(fields, started, "error", 503)
         flask.abort(_answer(503, "unexpected error; see the function's log"))
+    if outcome.temporary and target.verify_quay:
+        _log(fields, started, outcome.result, 503, outcome=outcome)
+        flask.abort(_answer(503, f"temporary failure, retried after a backoff: {outcome.message}"))
     _log(fields, started, outcome.result, 204, outcome=outcome)
 
 

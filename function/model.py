@@ -8,7 +8,7 @@ field-naming messages.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from function.errors import ConfigError
@@ -22,6 +22,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = "quay.herve4m.github.io/finalizer"
 # Quay stores titles in a 255-character column.
 MAX_TITLE = 255
+# Changing this annotation's value asks for a reconcile now, even while a failure waits for its
+# retry time (like Flux's reconcile.fluxcd.io/requestedAt): `kubectl annotate --overwrite ...`.
+RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,31 @@ class Ref:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Token:
+    """One Quay application token: what Quay lists, plus the code when a GET or POST returned it.
+
+    Dates are Quay's RFC 2822 strings, "" where Quay says null.
+    """
+
+    uuid: str
+    title: str
+    created: str = ""
+    expiration: str = ""
+    last_accessed: str = ""
+    code: str = field(default="", repr=False)  # a credential: never in repr, logs or status
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A recorded failure: what it was observed with, and when trying again is worth a Quay call."""
+
+    inputs: str      # digest of what could fix it (see decide.inputs_digest)
+    attempts: int
+    not_before: str  # RFC 3339
+    temporary: bool  # Quay was unavailable (the resync reports it), not a refusal
 
 
 @dataclass(frozen=True)
@@ -52,11 +80,10 @@ class Status:
     token_name: str = ""
     expiration: str = ""
     exist_in_quay: bool = False
-    message: str = ""
     ret_secret: Ref | None = None
     pending_revocation: tuple[str, ...] = ()
     creation: Creation | None = None
-    observed_generation: int = 0
+    retry: Retry | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
@@ -64,12 +91,12 @@ class Status:
         raw = raw or {}
         ret = raw.get("retSecret") or {}
         creation = raw.get("creation") or None
+        retry = raw.get("retry") or None
         return cls(
             uuid=str(raw.get("uuid") or ""),
             token_name=str(raw.get("tokenName") or ""),
             expiration=str(raw.get("expiration") or ""),
             exist_in_quay=bool(raw.get("existInQuay")),
-            message=str(raw.get("message") or ""),
             ret_secret=Ref(ret["namespace"], ret["name"]) if ret.get("name") else None,
             pending_revocation=tuple(raw.get("pendingRevocation") or ()),
             creation=(
@@ -78,7 +105,11 @@ class Status:
                 if isinstance(creation, Mapping) and creation.get("id")
                 else None
             ),
-            observed_generation=int(raw.get("observedGeneration") or 0),
+            retry=(
+                Retry(str(retry.get("inputs", "")), _int(retry.get("attempts")),
+                      str(retry.get("notBefore", "")), retry.get("temporary") is True)
+                if isinstance(retry, Mapping) else None
+            ),
             conditions=tuple(raw.get("conditions") or ()),
         )
 
@@ -101,6 +132,7 @@ class DockerToken:
     conn_secret: Ref
     ret_secret: Ref | None
     preserve_in_quay: bool
+    reconcile_request: str
     status: Status
 
     @property
@@ -127,6 +159,7 @@ class DockerToken:
             conn_secret=_ref(spec.get("connSecretRef"), ns) or Ref(ns, ""),
             ret_secret=_ref(spec.get("retSecretRef"), ns),
             preserve_in_quay=spec.get("preserveInQuayOnDeletion") is True,
+            reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
             status=Status.from_object(obj.get("status")),
         )
 
@@ -142,6 +175,10 @@ class DockerToken:
             )
         if self.ret_secret is not None and not self.ret_secret.name:
             raise ConfigError("spec.retSecretRef.name: required when retSecretRef is set")
+
+
+def _int(raw: object) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
 
 
 def _ref(raw: object, default_namespace: str) -> Ref | None:

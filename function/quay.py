@@ -1,6 +1,6 @@
-"""The Quay application-token API client: the only module that imports httpx.
+"""The Quay application-token API client: every request the function makes to Quay.
 
-``reconcile.py`` opens one :class:`QuayClient` per reconcile (``with QuayClient(conn) as q``).
+``apply.py`` opens one :class:`QuayClient` per reconcile pass, on the first call it needs.
 It authenticates with the connection's OAuth token, or signs in with username/password the way
 Quay's web UI does (CSRF page token, session cookie, ``X-Next-CSRF-Token``). Every failure
 leaves as a :mod:`function.errors` Quay error: transport errors are mapped in
@@ -21,7 +21,6 @@ import os
 import re
 import ssl
 import time
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -41,8 +40,9 @@ from function.errors import (
     QuayUnexpectedResponse,
     ReconcileError,
 )
+from function.model import Token
 
-__all__ = ["AppToken", "QuayClient"]
+__all__ = ["QuayClient"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +56,6 @@ _PAGE_TOKEN = re.compile(r"window\.__token\s*=\s*'([^']+)'")
 _CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
 _TOKEN_KEYS = ("uuid", "title", "last_accessed", "created", "expiration")
 _E = TypeVar("_E", bound=ReconcileError)
-
-
-@dataclass(frozen=True)
-class AppToken:
-    """One application token as Quay reports it; dates are Quay's RFC 2822 strings."""
-
-    uuid: str
-    title: str
-    created: str | None
-    expiration: str | None
-    last_accessed: str | None
-    token_code: str | None = field(default=None, repr=False)
 
 
 class QuayClient:
@@ -121,7 +109,7 @@ class QuayClient:
 
     # -- the API ------------------------------------------------------------------------------
 
-    def list_tokens(self, *, expiring: bool = False) -> list[AppToken]:
+    def list_tokens(self, *, expiring: bool = False) -> list[Token]:
         """All tokens of the user, expired ones included (Quay lists them until revoked)."""
         params = {"expiring": "true"} if expiring else None
         body = self._call("GET", TOKENS_PATH, params=params)
@@ -131,12 +119,12 @@ class QuayClient:
         return [_parse_token(item, with_code=False, where=f"GET {TOKENS_PATH}")
                 for item in tokens]
 
-    def create_token(self, title: str) -> AppToken:
+    def create_token(self, title: str) -> Token:
         """Create a token (the only call that creates); Quay allows duplicate titles."""
         body = self._call("POST", TOKENS_PATH, json={"title": title})
         return _parse_token(body.get("token"), with_code=True, where=f"POST {TOKENS_PATH}")
 
-    def get_token(self, uuid: str) -> AppToken:
+    def get_token(self, uuid: str) -> Token:
         """One unexpired token with its code; QuayNotFound if unknown, expired or not ours."""
         path = _token_path(uuid)
         body = self._call("GET", path)
@@ -357,7 +345,7 @@ def _token_path(uuid: str) -> str:
     return f"{TOKENS_PATH}/{quote(uuid, safe='')}"
 
 
-def _parse_token(item: object, *, with_code: bool, where: str) -> AppToken:
+def _parse_token(item: object, *, with_code: bool, where: str) -> Token:
     """Validate one token object; QuayUnexpectedResponse names the key, never a value."""
     if not isinstance(item, dict):
         raise QuayUnexpectedResponse(f"{where}: a token entry is not a JSON object")
@@ -370,9 +358,9 @@ def _parse_token(item: object, *, with_code: bool, where: str) -> AppToken:
                                          f"{'string or null' if nullable else 'string'}")
     if not item["uuid"]:
         raise QuayUnexpectedResponse(f"{where}: a token has an empty uuid")
-    return AppToken(uuid=item["uuid"], title=item["title"], created=item["created"],
-                    expiration=item["expiration"], last_accessed=item["last_accessed"],
-                    token_code=item["token_code"] if with_code else None)
+    return Token(uuid=item["uuid"], title=item["title"], created=item["created"] or "",
+                 expiration=item["expiration"] or "", last_accessed=item["last_accessed"] or "",
+                 code=item["token_code"] if with_code else "")
 
 
 def _field(response: httpx.Response, key: str) -> object:

@@ -10,7 +10,7 @@ eventually correct (see docs/deploy.md and shared notes on ApiServerSource).
 
 What it owns:
 
-* listing every DockerToken in the cluster (``list_dockertokens``, paginated, 500 per page);
+* listing every DockerToken in the cluster (``Kube.iter_dockertokens``, paginated, 500 per page);
 * turning each one into a resync CloudEvent (``resync_event``): type
   ``io.github.herve4m.quay.dockertoken.resync``, source ``/quay-dockertoken/resync``, binary
   content mode, the ApiServerSource extension attributes (``kind``, ``namespace``, ``name``,
@@ -52,7 +52,6 @@ from function.model import API_VERSION, KIND, PLURAL
 
 __all__ = [
     "EVENT_SOURCE",
-    "EVENT_TYPE",
     "Delivery",
     "ObjectRef",
     "main",
@@ -61,7 +60,6 @@ __all__ = [
 
 log = logging.getLogger("function.resync")
 
-EVENT_TYPE = RESYNC_TYPE
 EVENT_SOURCE = "/quay-dockertoken/resync"
 
 #: Statuses worth another attempt: the Knative activator/queue-proxy or Broker say "not now".
@@ -99,13 +97,18 @@ class Delivery:
 # --- Events and delivery ---------------------------------------------------------------------
 
 
-def resync_event(ref: ObjectRef, event_id: str | None = None) -> tuple[dict[str, str], bytes]:
-    """Headers and body of the binary-mode resync CloudEvent for one object."""
+def resync_event(ref: ObjectRef, event_id: str | None = None,
+                 wave: str | None = None) -> tuple[dict[str, str], bytes]:
+    """Headers and body of the binary-mode resync CloudEvent for one object.
+
+    ``wave`` identifies the run: the function shares one Quay list per connection between the
+    events of one run, and lists afresh for the next one (default: a run of its own).
+    """
     headers = {
         "ce-specversion": "1.0",
         "ce-id": event_id or str(uuid.uuid4()),
         "ce-source": EVENT_SOURCE,
-        "ce-type": EVENT_TYPE,
+        "ce-type": RESYNC_TYPE,
         "ce-time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         # Same subject and extensions as ApiServerSource events, so Trigger filters and the
         # function treat both alike.
@@ -114,6 +117,7 @@ def resync_event(ref: ObjectRef, event_id: str | None = None) -> tuple[dict[str,
         "ce-namespace": ref.namespace,
         "ce-name": ref.name,
         "ce-apiversion": API_VERSION,
+        "ce-resyncwave": wave or str(uuid.uuid4()),
         "content-type": "application/json",
     }
     body = json.dumps({"namespace": ref.namespace, "name": ref.name}, separators=(",", ":"))
@@ -126,10 +130,10 @@ def _excerpt(text: str) -> str:
 
 
 def deliver(
-    client: httpx.Client, sink: str, ref: ObjectRef, sleep: Sleeper = time.sleep
+    client: httpx.Client, sink: str, ref: ObjectRef, sleep: Sleeper = time.sleep, wave: str = ""
 ) -> Delivery:
     """POST one resync event, retrying transient answers; never raises for HTTP problems."""
-    headers, body = resync_event(ref)
+    headers, body = resync_event(ref, wave=wave or None)
     attempts = 0
     detail = ""
     for delay in (*BACKOFF_SECONDS, None):
@@ -242,7 +246,7 @@ def main(
     """Run one resync; returns the exit status (0 ok, 1 a delivery failed, 2 listing failed).
 
     ``lister`` and ``sleep`` are injection points for tests; by default the objects come from
-    the API server (``list_dockertokens``) and backoff really sleeps.
+    the API server (``Kube.iter_dockertokens``) and backoff really sleeps.
     """
     _setup_logging()
     parser = _parser()
@@ -280,7 +284,8 @@ def main(
         ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="resync") as pool,
     ):
         # Results are consumed here, in the main thread: the counters need no lock.
-        for result in pool.map(lambda ref: deliver(client, sink, ref, sleep), refs):
+        wave = str(uuid.uuid4())
+        for result in pool.map(lambda ref: deliver(client, sink, ref, sleep, wave), refs):
             if result.ok:
                 sent += 1
             else:

@@ -110,6 +110,18 @@ class Env:
             event = harness.structured(*event)
         return harness.post(self.fn.url, event)
 
+    def request_reconcile(self, name: str = "dockertoken-sample") -> httpx.Response:
+        """What a user does to retry a failed object at once: change the reconcile-request
+        annotation (README "Failures and retries"); its update event is sent, as the source would."""
+        self.custom.patch_namespaced_custom_object(G, V, self.ns, P, name, {"metadata": {"annotations": {
+            "quay.herve4m.github.io/reconcile-request": str(time.time_ns())}}})
+        return self.send("update", name)
+
+    def expire_backoff(self, name: str = "dockertoken-sample") -> None:
+        """Let the recorded retry time pass (as if the backoff had been waited out)."""
+        self.custom.patch_namespaced_custom_object_status(G, V, self.ns, P, name, {"status": {"retry": {
+            "notBefore": "2000-01-01T00:00:00Z"}}})
+
     def resync(self, name: str = "dockertoken-sample") -> httpx.Response:
         return harness.post(self.fn.url, harness.resync_event(self.ns, name))
 

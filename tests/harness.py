@@ -129,12 +129,12 @@ def apiserver_event(verb: str, obj: dict[str, Any], *, mode: str = "ref",
     return headers, json.dumps(data).encode()
 
 
-def resync_event(namespace: str, name: str) -> tuple[dict[str, str], bytes]:
-    """The CronJob's event, built by the resync command's own code."""
+def resync_event(namespace: str, name: str, wave: str | None = None) -> tuple[dict[str, str], bytes]:
+    """The CronJob's event, built by the resync command's own code (a run of its own by default)."""
     from function.resync import ObjectRef
     from function.resync import resync_event as build
 
-    return build(ObjectRef(namespace, name))
+    return build(ObjectRef(namespace, name), wave=wave)
 
 
 def structured(headers: dict[str, str], body: bytes) -> tuple[dict[str, str], bytes]:

@@ -130,12 +130,12 @@ def test_return_secret_of_another_dockertoken_is_never_taken_over(env: Env) -> N
     checks.assert_converged(env, "second", ret="second-pull", others=1)
 
 
-def test_unreachable_host_answers_503_naming_the_host(env: Env) -> None:
+def test_unreachable_host_is_reported_naming_the_host(env: Env) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     env.conn_secret(host=closed, token=ADMIN_TOKEN, timeout="1")
     env.dockertoken()
     resp = env.send("add")
-    assert resp.status_code == 503
+    assert resp.status_code == 204
     ready = env.ready()
     assert ready["status"] == "False" and ready["reason"] == "QuayUnavailable", ready
     message = ready["message"]
@@ -182,7 +182,8 @@ def test_https_to_a_plain_http_port_names_scheme_and_port(env: Env) -> None:
 
 
 def test_missing_connection_secret_during_the_custom_resource_patch_is_not_a_500(env: Env) -> None:
-    """A DockerToken whose spec was patched to reference a Secret in a namespace that is gone."""
+    """A DockerToken whose spec was patched to reference a Secret in a namespace that is gone:
+    refused like any cross-namespace reference without consent, naming the field and the fix."""
     env.conn_secret()
     env.dockertoken()
     assert env.send("add").status_code == 204
@@ -191,4 +192,5 @@ def test_missing_connection_secret_during_the_custom_resource_patch_is_not_a_500
     resp = env.send("update")
     assert resp.status_code == 204
     ready = env.ready()
-    assert ready["reason"] == "ConnectionSecretNotFound" and "nowhere" in ready["message"]
+    assert ready["reason"] == "CrossNamespaceRefDenied" and "nowhere" in ready["message"]
+    assert "spec.connSecretRef.namespace" in ready["message"]

@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 
 from function import conditions, decide
-from function.cache import Listed
-from function.model import DockerToken
-from function.secret import TokenData
+from function.model import DockerToken, Token
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 
@@ -24,36 +22,36 @@ def make_dt(*, status: dict[str, Any] | None = None, title: str = "mytoken", ret
                                                  "generation": 1}, "spec": spec, "status": status or {}})
 
 
-HELD = TokenData("u1", "mytoken", "CODE", "created", "", "")
+HELD = Token("u1", "mytoken", "created", code="CODE")
 
 
 @pytest.mark.parametrize(
     ("status", "title", "ret", "held", "verify", "plan"),
     [
-        pytest.param({}, "mytoken", True, None, False, decide.TokenPlan.ACQUIRE, id="new-object"),
-        pytest.param({"existInQuay": True}, "mytoken", True, None, False, decide.TokenPlan.ACQUIRE,
+        pytest.param({}, "mytoken", True, None, False, decide.TokenStep.ACQUIRE, id="new-object"),
+        pytest.param({"existInQuay": True}, "mytoken", True, None, False, decide.TokenStep.ACQUIRE,
                      id="migrated-without-uuid"),
         pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", True, HELD, False,
-                     decide.TokenPlan.KEEP, id="in-order-event"),
+                     decide.TokenStep.KEEP, id="in-order-event"),
         pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", True, HELD, True,
-                     decide.TokenPlan.VERIFY, id="in-order-resync"),
+                     decide.TokenStep.VERIFY, id="in-order-resync"),
         pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", True, None, False,
-                     decide.TokenPlan.FETCH, id="secret-lost"),
+                     decide.TokenStep.FETCH, id="secret-lost"),
         pytest.param({"uuid": "u1", "tokenName": "mytoken"}, "mytoken", False, None, False,
-                     decide.TokenPlan.KEEP, id="no-return-secret"),
+                     decide.TokenStep.KEEP, id="no-return-secret"),
         pytest.param({"uuid": "u1", "tokenName": "old"}, "mytoken", True, HELD, False,
-                     decide.TokenPlan.ACQUIRE, id="renamed"),
+                     decide.TokenStep.ACQUIRE, id="renamed"),
         pytest.param({"uuid": "u1", "tokenName": "mytoken", "expiration": "Thu, 26 Nov 2026 11:00:00 -0000"},
-                     "mytoken", True, HELD, False, decide.TokenPlan.ACQUIRE, id="expired"),
+                     "mytoken", True, HELD, False, decide.TokenStep.ACQUIRE, id="expired"),
         pytest.param({"uuid": "u1", "tokenName": "mytoken", "expiration": "Fri, 27 Nov 2026 11:00:00 -0000"},
-                     "mytoken", True, HELD, False, decide.TokenPlan.KEEP, id="expires-later"),
+                     "mytoken", True, HELD, False, decide.TokenStep.KEEP, id="expires-later"),
     ],
 )
-def test_plan_token(status: dict[str, Any], title: str, ret: bool, held: TokenData | None, verify: bool,
-                    plan: decide.TokenPlan) -> None:
-    got, why = decide.plan_token(make_dt(status=status, title=title, ret=ret), held, verify=verify, now=NOW)
+def test_token_step(status: dict[str, Any], title: str, ret: bool, held: Token | None, verify: bool,
+                    plan: decide.TokenStep) -> None:
+    got, why = decide.token_step(make_dt(status=status, title=title, ret=ret), held, verify=verify, now=NOW)
     assert got is plan
-    if plan is decide.TokenPlan.ACQUIRE and status.get("uuid"):
+    if plan is decide.TokenStep.ACQUIRE and status.get("uuid"):
         assert why  # a replacement always says why in status
 
 
@@ -94,11 +92,11 @@ def test_older_lease_wins_and_exactly_one_side_yields() -> None:
 
 def test_adoption_takes_the_newest_unclaimed_unexpired_same_title_token() -> None:
     tokens = [
-        Listed("old", "t", "Thu, 26 Nov 2026 10:00:00 -0000", "", ""),
-        Listed("new", "t", "Thu, 26 Nov 2026 11:00:00 -0000", "", ""),
-        Listed("claimed", "t", "Thu, 26 Nov 2026 11:30:00 -0000", "", ""),
-        Listed("expired", "t", "Thu, 26 Nov 2026 11:40:00 -0000", "Thu, 26 Nov 2026 11:50:00 -0000", ""),
-        Listed("other", "x", "Thu, 26 Nov 2026 11:45:00 -0000", "", ""),
+        Token("old", "t", "Thu, 26 Nov 2026 10:00:00 -0000", "", ""),
+        Token("new", "t", "Thu, 26 Nov 2026 11:00:00 -0000", "", ""),
+        Token("claimed", "t", "Thu, 26 Nov 2026 11:30:00 -0000", "", ""),
+        Token("expired", "t", "Thu, 26 Nov 2026 11:40:00 -0000", "Thu, 26 Nov 2026 11:50:00 -0000", ""),
+        Token("other", "x", "Thu, 26 Nov 2026 11:45:00 -0000", "", ""),
     ]
     pick = decide.pick_adoptable(tokens, title="t", claimed={"claimed"}, now=NOW)
     assert pick is not None and pick.uuid == "new"

@@ -1,8 +1,9 @@
 """Deletion never hangs silently: whatever blocks the cleanup is in status with the way out,
-and once the way out is taken (or Quay is back) the next delivery lets the object go.
+and once the way out is taken (or Quay is back and the retry is due) the object goes.
 
 tests/test_function.py covers the basic cases (connection Secret deleted then
 preserveInQuayOnDeletion, a 503 on revoke); these are the other ways cleanup can fail.
+tests/test_convergence.py proves that a blocked deletion does not feed itself events.
 """
 
 from __future__ import annotations
@@ -75,19 +76,19 @@ def test_rejected_credentials_block_then_preserve_keeps_the_token(env: Env) -> N
 
 @pytest.mark.parametrize("arm", [{"hang": 1.6}, {"drop": 1}, {"statuses": [429]}, {"delay": 1.6}],
                          ids=["hang", "reset", "429", "slow"])
-def test_quay_failing_during_deletion_answers_503_then_a_retry_completes(
+def test_quay_failing_during_deletion_is_blocked_then_a_retry_completes(
         env: Env, arm: dict[str, object]) -> None:
     _created(env, host=env.quay.base_url, token=ADMIN_TOKEN, timeout="1")
     env.quay.inject("revoke", **arm)  # type: ignore[arg-type]
     env.delete()
     started = time.monotonic()
-    assert env.send("update").status_code == 503
+    assert env.send("update").status_code == 204
     assert time.monotonic() - started < 5, "a hanging Quay must not hang the deletion"
     _assert_blocked(env, "/api/v1/user/apptoken/")
     env.quay.clear_faults()
     # with "slow", the server revokes after the client gave up: before or after the retry's
     # own revocation, which then succeeds or finds it gone; both complete the deletion
-    assert checks.deliver(env, "update").status_code == 204
+    assert env.request_reconcile().status_code == 204
     assert env.get() is None and env.tokens() == [] and env.secret() is None
 
 
@@ -97,7 +98,7 @@ def test_quay_unreachable_during_deletion_names_the_host(env: Env) -> None:
     env.core.patch_namespaced_secret("quay-credentials", env.ns,
                                      {"stringData": {"host": f"http://{closed}"}})
     env.delete()
-    assert env.send("update").status_code == 503
+    assert env.send("update").status_code == 204
     _assert_blocked(env, closed, '"host"')
     env.core.patch_namespaced_secret("quay-credentials", env.ns,
                                      {"stringData": {"host": env.quay.base_url}})
@@ -116,7 +117,7 @@ def test_deletion_also_revokes_a_replaced_token_still_pending(env: Env) -> None:
     old = _created(env)
     env.patch_spec(name="renamed")
     env.quay.inject("revoke", statuses=[503])
-    assert env.send("update").status_code == 503
+    assert env.send("update").status_code == 204
     status = env.get()["status"]  # type: ignore[index]
     assert status["pendingRevocation"] == [old] and status["uuid"] != old
     env.quay.clear_faults()
@@ -125,12 +126,15 @@ def test_deletion_also_revokes_a_replaced_token_still_pending(env: Env) -> None:
     assert env.get() is None and env.tokens() == []
 
 
-def test_quay_down_for_longer_than_the_event_retries_the_resync_completes(env: Env) -> None:
+def test_quay_down_for_a_while_the_first_resync_after_the_backoff_completes(env: Env) -> None:
     _created(env)
     env.quay.inject("revoke", statuses=[503] * 10)
     env.delete()
-    assert checks.deliver(env, "update", attempts=3).status_code == 503
+    assert checks.deliver(env, "update", attempts=3).status_code == 204
     _assert_blocked(env, "503")
     env.quay.clear_faults()
+    assert env.resync().status_code == 503  # inside the backoff: no Quay call, still failing
+    assert env.get() is not None
+    env.expire_backoff()
     assert env.resync().status_code == 204
     assert env.get() is None and env.tokens() == []

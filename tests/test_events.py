@@ -47,7 +47,7 @@ def test_extensions_name_the_object_when_data_is_empty() -> None:
     attrs = {"type": "dev.knative.apiserver.ref.delete", "kind": "DockerToken", "namespace": "ns",
              "name": "tok", "apiversion": "quay.herve4m.github.io/v1alpha1"}
     target = events.parse_event(attrs, None)
-    assert target == events.Target("ns", "tok", "dev.knative.apiserver.ref.delete", verify_quay=False)
+    assert target == events.Target("ns", "tok", verify_quay=False)
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,8 @@ def test_foreign_secret_is_never_overwritten(env: Env) -> None:
 
 def test_secret_in_other_namespace_is_marked_and_cleaned_up(env: Env, namespace: str) -> None:
     other = f"{namespace}-pull"
-    env.core.create_namespace({"metadata": {"name": other}})
+    env.core.create_namespace({"metadata": {"name": other, "annotations": {
+        "quay.herve4m.github.io/allowed-namespaces": f"someone-else, {namespace}"}}})
     env.conn_secret()
     env.dockertoken(retSecretRef={"name": "pull", "namespace": other}, ret=None)
     assert env.send("add").status_code == 204
@@ -220,15 +221,18 @@ def test_cleanup_blocked_then_preserve_lets_it_go(env: Env) -> None:
     assert env.get() is None
 
 
-def test_quay_down_during_deletion_answers_503_then_completes(env: Env) -> None:
+def test_quay_down_during_deletion_is_recorded_then_a_retry_completes(env: Env) -> None:
     env.conn_secret()
     env.dockertoken()
     env.send("add")
     env.delete()
     env.quay.inject("revoke", statuses=[503])
-    assert env.send("update").status_code == 503
-    assert env.ready()["reason"] == "CleanupBlocked"
     assert env.send("update").status_code == 204
+    assert env.ready()["reason"] == "CleanupBlocked"
+    calls = env.quay_calls()
+    assert env.send("update").status_code == 204  # the echo of that status write
+    assert env.quay_calls() == calls and env.get() is not None
+    assert env.request_reconcile().status_code == 204
     assert env.get() is None and env.tokens() == []
 
 
@@ -242,14 +246,23 @@ def test_rejected_oauth_token_is_permanent_and_reported(env: Env) -> None:
     assert "wrongwrong" not in str(env.get())
 
 
-def test_quay_unavailable_answers_503_and_redelivery_converges(env: Env) -> None:
+def test_quay_unavailable_is_recorded_and_retried_after_the_backoff(env: Env) -> None:
     env.conn_secret()
     env.dockertoken()
     env.quay.inject("list", statuses=[503])
-    assert env.send("add").status_code == 503
-    assert env.ready()["reason"] == "QuayUnavailable"
     assert env.send("add").status_code == 204
+    status = env.get()["status"]  # type: ignore[index]
+    assert env.ready()["reason"] == "QuayUnavailable"
+    assert status["retry"]["attempts"] == 1 and status["retry"]["temporary"] is True
+    calls = env.quay_calls()
+    assert env.send("update").status_code == 204  # the echo: nothing to do before notBefore
+    # a resync inside the backoff costs nothing, and tells the CronJob the object still fails
+    resp = env.resync()
+    assert resp.status_code == 503 and "/api/v1/user/apptoken" in resp.text, resp.text
+    assert env.quay_calls() == calls
+    assert env.request_reconcile().status_code == 204
     _assert_pull_secret(env)
+    assert "retry" not in env.get()["status"]  # type: ignore[index]
 
 
 def test_username_and_password_sign_in(env: Env) -> None:

@@ -82,7 +82,7 @@ def test_parse_event_answers_a_target_none_or_bad_event(attributes: dict[str, An
         return
     if target is not None:
         assert events._LABEL.match(target.namespace) and events._SUBDOMAIN.match(target.name)
-        assert target.event_type == attributes["type"]
+        assert target.verify_quay == (attributes["type"] == events.RESYNC_TYPE)
 
 
 # -- over HTTP -----------------------------------------------------------------------------------

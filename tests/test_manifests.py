@@ -394,6 +394,7 @@ def test_function_role_is_what_the_function_needs() -> None:
             "update",
         },
         ("dockertoken-reconciler", "", "secrets"): {"get", "create", "update", "patch", "delete"},
+        ("dockertoken-reconciler", "", "namespaces"): {"get"},
     }
 
 

@@ -37,7 +37,8 @@ from function.errors import (
     QuayUnexpectedResponse,
     ReconcileError,
 )
-from function.quay import AppToken, QuayClient
+from function.model import Token
+from function.quay import QuayClient
 from tests.checks import run_concurrently
 from tests.quaysim import (
     ADMIN_TOKEN,
@@ -148,11 +149,11 @@ def expected_value(number: str) -> Any:
     if "username" in body:
         return body["username"]
     if "tokens" in body:
-        return [AppToken(t["uuid"], t["title"], t["created"], t["expiration"],
-                         t["last_accessed"]) for t in body["tokens"]]
+        return [Token(t["uuid"], t["title"], t["created"] or "", t["expiration"] or "",
+                      t["last_accessed"] or "") for t in body["tokens"]]
     t = body["token"]
-    return AppToken(t["uuid"], t["title"], t["created"], t["expiration"], t["last_accessed"],
-                    t["token_code"])
+    return Token(t["uuid"], t["title"], t["created"] or "", t["expiration"] or "",
+                 t["last_accessed"] or "", t["token_code"])
 
 
 @pytest.mark.parametrize("number", ONE_SHOT)
@@ -256,7 +257,7 @@ def test_session_sign_in_use_and_sign_out() -> None:
         assert [t.title for t in client.list_tokens()] == ["mytoken", "", "extra"]
         created = client.create_token("session token")
         assert created == expected_value("069")
-        assert client.get_token(created.uuid).token_code == created.token_code
+        assert client.get_token(created.uuid).code == created.code
         client.revoke_token(created.uuid)
         assert client.calls == 6
     script.done()
@@ -321,7 +322,7 @@ def test_fresh_login_is_renewed_for_get_and_delete() -> None:
     script = Script("122", "123", ("127", False), ("129", False), ("112", False),
                     ("128", False), ("129", False), ("130", False), ("080", False))
     with script.client() as client:
-        assert client.get_token("c939e111-8fc3-481a-9fa0-aa232ebd0a56").token_code
+        assert client.get_token("c939e111-8fc3-481a-9fa0-aa232ebd0a56").code
         client.revoke_token("c939e111-8fc3-481a-9fa0-aa232ebd0a56")
     script.done()
 
@@ -597,11 +598,11 @@ def test_oauth_create_list_get_revoke(sim: QuaySimulator) -> None:
     with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
         first = client.create_token("ci")
         second = client.create_token("ci")
-        assert first.uuid != second.uuid and first.token_code and len(first.token_code) == 120
+        assert first.uuid != second.uuid and first.code and len(first.code) == 120
         listed = client.list_tokens()
         assert [t.uuid for t in listed] == [first.uuid, second.uuid]
-        assert all(t.token_code is None for t in listed)
-        assert client.get_token(first.uuid).token_code == first.token_code
+        assert all(t.code == "" for t in listed)
+        assert client.get_token(first.uuid).code == first.code
         client.revoke_token(first.uuid)
         with pytest.raises(QuayNotFound) as caught:
             client.revoke_token(first.uuid)
@@ -619,9 +620,9 @@ def test_oauth_create_list_get_revoke(sim: QuaySimulator) -> None:
 def test_session_create_list_get_revoke(sim: QuaySimulator) -> None:
     with QuayClient(secret_conn(sim, username=ROBOT, password=ROBOT_PASSWORD)) as client:
         token = client.create_token("via session")
-        assert client.list_tokens() == [AppToken(token.uuid, token.title, token.created,
+        assert client.list_tokens() == [Token(token.uuid, token.title, token.created,
                                                  token.expiration, token.last_accessed)]
-        assert client.get_token(token.uuid).token_code == token.token_code
+        assert client.get_token(token.uuid).code == token.code
         client.revoke_token(token.uuid)
         assert client.whoami() == ROBOT
         assert client.calls == 7
@@ -795,7 +796,7 @@ def test_registry_login_with_a_created_token(sim: QuaySimulator) -> None:
     """The token the client returns works as a docker password ($app), and marks it used."""
     with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
         token = client.create_token("docker")
-        basic = base64.b64encode(f"$app:{token.token_code}".encode()).decode()
+        basic = base64.b64encode(f"$app:{token.code}".encode()).decode()
         answer = httpx.get(f"{sim.base_url}/v2/auth", params={"account": "$app",
                                                               "service": sim.host},
                            headers={"Authorization": f"Basic {basic}"})

@@ -5,17 +5,17 @@ from __future__ import annotations
 import base64
 import json
 
-from function import secret
-from function.model import DockerToken, Ref
+from function import pullsecret
+from function.model import DockerToken, Ref, Token
 
 DT = DockerToken.from_object({"metadata": {"namespace": "ns", "name": "dt", "uid": "uid-1"},
                               "spec": {"connSecretRef": {"name": "c"}, "name": "mytoken"}})
-TOKEN = secret.TokenData("u1", "mytoken", "CODE123", "Thu, 26 Nov 2026 17:22:15 -0000", "", "")
+TOKEN = Token("u1", "mytoken", "Thu, 26 Nov 2026 17:22:15 -0000", code="CODE123")
 
 
 def test_secret_holds_the_original_operators_keys_and_a_docker_config() -> None:
-    body = secret.build(DT, Ref("ns", "pull"), TOKEN, "quay.example.com:8443")
-    data = secret.decoded(body)
+    body = pullsecret.build(DT, Ref("ns", "pull"), TOKEN, "quay.example.com:8443")
+    data = pullsecret.decoded(body)
     auth = base64.b64encode(b"$app:CODE123").decode()
     assert body["type"] == "kubernetes.io/dockerconfigjson"
     assert data == {
@@ -25,25 +25,25 @@ def test_secret_holds_the_original_operators_keys_and_a_docker_config() -> None:
         "tokenCode": "CODE123", "username": "$app", "uuid": "u1",
     }
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    assert "ownerReferences" not in secret.build(DT, Ref("other", "pull"), TOKEN, "q")["metadata"]
+    assert "ownerReferences" not in pullsecret.build(DT, Ref("other", "pull"), TOKEN, "q")["metadata"]
     assert "CODE123" not in repr(TOKEN)
 
 
 def test_ownership_by_our_marks_or_the_old_operators_owner_reference() -> None:
-    ours = secret.build(DT, Ref("ns", "pull"), TOKEN, "q")
-    assert secret.is_ours(ours, DT)
+    ours = pullsecret.build(DT, Ref("ns", "pull"), TOKEN, "q")
+    assert pullsecret.is_ours(ours, DT)
     old_operator = {"metadata": {"ownerReferences": [{"uid": "uid-1", "kind": "DockerToken"}]}}
-    assert secret.is_ours(old_operator, DT)
-    assert not secret.is_ours({"metadata": {"name": "pull"}}, DT)
+    assert pullsecret.is_ours(old_operator, DT)
+    assert not pullsecret.is_ours({"metadata": {"name": "pull"}}, DT)
     recreated = DockerToken.from_object({"metadata": {"namespace": "ns", "name": "dt", "uid": "uid-2"},
                                          "spec": {"connSecretRef": {"name": "c"}, "name": "x"}})
-    assert not secret.is_ours(ours, recreated)  # same name, another object: not ours any more
+    assert not pullsecret.is_ours(ours, recreated)  # same name, another object: not ours any more
 
 
 def test_an_edited_copy_of_the_code_makes_the_secret_untrusted() -> None:
-    body = secret.build(DT, Ref("ns", "pull"), TOKEN, "q")
-    assert secret.token_from(body) == TOKEN
-    assert secret.is_intact(body, body)
+    body = pullsecret.build(DT, Ref("ns", "pull"), TOKEN, "q")
+    assert pullsecret.token_from(body) == TOKEN
+    assert pullsecret.is_intact(body, body)
     body["data"]["tokenCode"] = base64.b64encode(b"tampered").decode()
-    assert secret.token_from(body) is None
-    assert not secret.is_intact(body, secret.build(DT, Ref("ns", "pull"), TOKEN, "q"))
+    assert pullsecret.token_from(body) is None
+    assert not pullsecret.is_intact(body, pullsecret.build(DT, Ref("ns", "pull"), TOKEN, "q"))

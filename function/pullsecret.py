@@ -1,6 +1,6 @@
-"""The return Secret: what it must contain, whose it is, and whether it is intact. Pure functions.
+"""The return Secret (the pull Secret): what it must contain, whose it is, whether it is intact.
 
-``reconcile.py`` builds the desired body here and hands it to ``kube.py``. The keys are the
+Pure functions; ``apply.py`` builds the desired body here and hands it to ``kube.py``. The keys are the
 original operator's (see the seed document), so pods that used its Secrets keep working.
 """
 
@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from function.model import API_VERSION, KIND, DockerToken, Ref
+from function.model import API_VERSION, KIND, DockerToken, Ref, Token
 
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 USERNAME = "$app"  # Quay's fixed username for application tokens
@@ -24,24 +23,9 @@ KEYS = (".dockerconfigjson", "auth", "created", "expiration", "lastAccessed", "n
         "username", "uuid")
 
 
-@dataclass(frozen=True)
-class TokenData:
-    """Everything the Secret holds about one Quay token."""
-
-    uuid: str
-    title: str
-    token_code: str
-    created: str
-    expiration: str
-    last_accessed: str
-
-    def __repr__(self) -> str:  # the code is a credential
-        return f"TokenData(uuid={self.uuid!r}, title={self.title!r})"
-
-
-def string_data(token: TokenData, registry: str) -> dict[str, str]:
+def string_data(token: Token, registry: str) -> dict[str, str]:
     """The decoded ``data`` of the Secret; empty strings where Quay says null."""
-    auth = base64.b64encode(f"{USERNAME}:{token.token_code}".encode()).decode()
+    auth = base64.b64encode(f"{USERNAME}:{token.code}".encode()).decode()
     config = {"auths": {registry: {"auth": auth, "email": ""}}}
     return {
         ".dockerconfigjson": json.dumps(config, separators=(",", ":")),
@@ -50,13 +34,13 @@ def string_data(token: TokenData, registry: str) -> dict[str, str]:
         "expiration": token.expiration,
         "lastAccessed": token.last_accessed,
         "name": token.title,
-        "tokenCode": token.token_code,
+        "tokenCode": token.code,
         "username": USERNAME,
         "uuid": token.uuid,
     }
 
 
-def build(dt: DockerToken, where: Ref, token: TokenData, registry: str) -> dict[str, Any]:
+def build(dt: DockerToken, where: Ref, token: Token, registry: str) -> dict[str, Any]:
     """The whole Secret object; an ownerReference only where Kubernetes allows one (same namespace)."""
     meta: dict[str, Any] = {
         "name": where.name,
@@ -93,7 +77,7 @@ def decoded(secret: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def token_from(secret: Mapping[str, Any]) -> TokenData | None:
+def token_from(secret: Mapping[str, Any]) -> Token | None:
     """The token a Secret of ours holds; None when a key is missing or the copies of the code
     disagree (someone edited one of them: the code must then come from Quay again)."""
     data = decoded(secret)
@@ -107,13 +91,13 @@ def token_from(secret: Mapping[str, Any]) -> TokenData | None:
         return None
     if data.get("auth") != auth or copies != {auth}:
         return None
-    return TokenData(
+    return Token(
         uuid=data["uuid"],
         title=data.get("name", ""),
-        token_code=data["tokenCode"],
         created=data.get("created", ""),
         expiration=data.get("expiration", ""),
         last_accessed=data.get("lastAccessed", ""),
+        code=data["tokenCode"],
     )
 
 

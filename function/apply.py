@@ -1,0 +1,444 @@
+"""Carry out a plan: every Quay call and API server write of one pass, in the plan's order.
+
+``reconcile.py`` builds one :class:`Apply` per pass. Writes are made only where the server's
+copy differs from what is wanted. Whatever fails is recorded in status in one write (and a
+lease we hold is freed by that same write), so the echo of a failed pass finds nothing to do.
+
+Token creation is the one non-idempotent call, so it runs under a lease recorded in status
+with a resourceVersion precondition: of any number of concurrent deliveries (in any number of
+processes) exactly one wins the compare-and-swap and calls POST; the others wait for it to
+record the UUID, then find everything in place. A holder that dies leaves a token with the
+right title that no DockerToken claims; the next holder adopts it instead of creating another.
+A POST that fails may have created the token anyway: the holder looks once more before it
+lets go. Only the holder frees a lease (or anyone, once stale), and deletion waits for it.
+Objects sharing a title take turns: seeing another's lease, the younger yields, the older waits.
+The lease is the one write made before the Quay call it protects; the credentials are checked
+(the list) before it is taken, so a refused connection costs no lease write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from function import conditions, decide, pullsecret
+from function.cache import TokenListCache
+from function.connection import Connection
+from function.decide import Failure, Observed, Plan, TokenStep
+from function.errors import (
+    ConfigError,
+    PermanentError,
+    QuayError,
+    QuayNotFound,
+    QuayPermanent,
+    QuayTransient,
+    TemporaryError,
+)
+from function.kube import Kube
+from function.model import FINALIZER, Creation, DockerToken, Ref, Token
+
+if TYPE_CHECKING:
+    from function.quay import QuayClient
+
+logger = logging.getLogger(__name__)
+
+QuayFactory = Callable[[Connection], "QuayClient"]
+
+# How long a delivery waits for a concurrent one to finish creating the token before answering 503.
+LEASE_WAIT_SECONDS = 8.0
+LEASE_POLL_SECONDS = 0.2
+# After a failed POST, how long to wait (at most; the Quay timeout if shorter) before looking for
+# the token it may have created anyway: Quay finishing a request its client gave up on.
+LOST_POST_GRACE_SECONDS = 2.0
+
+
+def quay_client(conn: Connection) -> QuayClient:
+    """The default QuayFactory."""
+    from function.quay import QuayClient
+
+    return QuayClient(conn)
+
+
+class Restart(Exception):
+    """The object changed under us: start the pass again from a fresh read."""
+
+
+@dataclass
+class Outcome:
+    """What one pass did; ``main.py`` logs it and picks the HTTP answer."""
+
+    result: str  # ready | failed | retrying | backoff | blocked | finalized | gone
+    actions: list[str] = field(default_factory=list)
+    reason: str = ""
+    message: str = ""
+    quay_calls: int = 0
+    writes: int = 0
+    temporary: bool = False  # left failing because Quay was unavailable (a resync reports it)
+
+
+class Apply:
+    """One pass's I/O. Counts its own writes and Quay calls (the log's per-event figures)."""
+
+    def __init__(self, kube: Kube, quay_factory: QuayFactory, cache: TokenListCache,
+                 observed: Observed, plan: Plan, raw_status: Mapping[str, Any]) -> None:
+        self.kube, self.cache, self.ob, self.plan = kube, cache, observed, plan
+        self.dt: DockerToken = observed.dt
+        self.now = observed.now
+        self._factory = quay_factory
+        self._quay: QuayClient | None = None
+        self.raw: dict[str, Any] = dict(raw_status)     # status as the server has it
+        self.status: dict[str, Any] = dict(raw_status)  # status as this pass wants it
+        self.lease: Creation | None = None              # the creation lease we hold
+        self.outcome = Outcome("ready")
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def close(self) -> Outcome:
+        if self._quay is not None:
+            self.outcome.quay_calls = self._quay.calls
+            try:
+                self._quay.__exit__(None, None, None)
+            # signing out is a courtesy; the session expires on its own
+            except Exception:
+                logger.debug("quay sign-out failed", exc_info=True)
+            self._quay = None
+        self.outcome.writes = self.kube.writes
+        return self.outcome
+
+    @property
+    def quay(self) -> QuayClient:
+        if self._quay is None:
+            assert self.ob.conn is not None
+            self._quay = self._factory(self.ob.conn).__enter__()
+        return self._quay
+
+    def act(self, action: str) -> None:
+        self.outcome.actions.append(action)
+
+    # -- the pass ----------------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        plan = self.plan
+        if plan.add_finalizer:
+            self._add_finalizer()
+        if plan.skip:
+            self._skipped(plan.skip)
+            return self.outcome
+        if plan.failure is not None:
+            self._fail(plan.failure)
+            return self.outcome
+        try:
+            if plan.cleanup:
+                self._finalize()
+            else:
+                self._ensure()
+        # a refusal, or Quay unavailable: recorded with its retry time; the echo does nothing
+        except (PermanentError, QuayTransient) as exc:
+            failure = Failure.of(exc)
+            self._fail(decide.cleanup_blocked(exc) if plan.cleanup else failure)
+        return self.outcome
+
+    def _skipped(self, why: str) -> None:
+        out, retry = self.outcome, self.dt.status.retry
+        out.result = why
+        if why == "backoff" and retry is not None:
+            ready = self.dt.status.condition(conditions.READY) or {}
+            out.reason, out.message = str(ready.get("reason", "")), str(ready.get("message", ""))
+            out.temporary = retry.temporary
+
+    def _add_finalizer(self) -> None:
+        obj = self.kube.set_finalizers(self.dt.namespace, self.dt.name, [*self.dt.finalizers, FINALIZER],
+                                       self.dt.resource_version)
+        if not obj:
+            raise Restart
+        self.act("add-finalizer")
+        self.dt = DockerToken.from_object(obj)
+
+    def _ensure(self) -> None:
+        plan = self.plan
+        token, replaced = self._token()
+        if token is not None:
+            self.status["expiration"] = token.expiration or None
+            if plan.write_secret is not None:
+                self._write_secret(plan.write_secret, self.ob.ret_secret, token)
+        for ref in plan.delete_secrets:
+            self._delete_secret(ref)
+        if self.dt.ret_secret is None:
+            self.status["retSecret"] = None
+        pending = list(self.status.get("pendingRevocation") or ())
+        if pending:
+            self._revoke(pending, "revoke-old-token")
+            self.status["pendingRevocation"] = None
+        desired, reason, message = decide.ready_status(self.dt, self.status, replaced=replaced, now=self.now)
+        self.outcome.reason, self.outcome.message = reason, message
+        self._write_status(desired)
+
+    def _token(self) -> tuple[Token | None, str]:
+        """The token the Secret must hold, and a message when it had to be replaced."""
+        step, held, uid = self.plan.token, self.plan.held, self.dt.status.uuid
+        if step is TokenStep.VERIFY:
+            listed = self.tokens(wave=self.ob.wave).get(uid)
+            step, refreshed = decide.after_verify(held, listed, self.now)
+            if step is TokenStep.KEEP:
+                return refreshed, ""
+        if step is TokenStep.KEEP:
+            return held, ""
+        if step is TokenStep.FETCH:
+            try:
+                self.act("fetch-token")
+                return _with_code(self.quay.get_token(uid)), ""
+            # revoked or expired in Quay: replace it
+            except QuayNotFound:
+                self._forget(uid)
+                why = f"token {uid} no longer exists in Quay (revoked or expired); created a replacement"
+                return self._acquire(revoke_old=False), why
+        return self._acquire(revoke_old=True), self.plan.replace_reason
+
+    # -- Quay ----------------------------------------------------------------------------------------
+    def tokens(self, *, wave: str = "", fresh: bool = False) -> Mapping[str, Token]:
+        """The connection's token list, shared by the passes of this process (see cache.py)."""
+        assert self.ob.conn is not None
+
+        def fetch() -> list[Token]:
+            self.act("list-tokens")
+            return self.quay.list_tokens()
+
+        return self.cache.get(self.ob.conn.fingerprint, fetch, wave=wave, fresh=fresh)
+
+    def _forget(self, uid: str) -> None:
+        if self.ob.conn is not None:
+            self.cache.discard(self.ob.conn.fingerprint, uid)
+
+    def _revoke(self, uuids: list[str], action: str) -> None:
+        """Revoke each token; one already gone (revoked by hand, expired and purged) is done."""
+        for uid in uuids:
+            try:
+                self.quay.revoke_token(uid)
+                self.act(action)
+            # already gone: nothing left to revoke
+            except QuayNotFound:
+                pass
+            self._forget(uid)
+
+    # -- the creation lease ----------------------------------------------------------------------------
+    def _acquire(self, *, revoke_old: bool) -> Token:
+        """Adopt an unclaimed token with our title, else create one; record it at once."""
+        assert self.ob.conn is not None
+        # the credentials, checked before any lease is written; afresh after a failed attempt,
+        # which may have lost the answer to a POST that Quay carried out
+        known = self.tokens(fresh=self.dt.status.retry is not None)
+        dt = self._take_lease()
+        try:
+            others = self._others_once_rivals_settled(dt)
+            claimed = decide.claimed_uuids(others, except_uid=dt.uid) | {dt.status.uuid}
+            token = self._adopt(decide.pick_adoptable(known.values(), title=dt.title, claimed=claimed,
+                                                      now=self.now), "adopt-token")
+            if token is None:
+                token = self._create(dt.title, claimed)
+            self.cache.add(self.ob.conn.fingerprint, token)
+        # recorded by _fail, which frees the lease in the same write
+        except (PermanentError, QuayTransient):
+            raise
+        # anything else (a restart, a rival, the API server): free the lease, the next delivery goes on
+        except BaseException:
+            self._write_status({**self.status, "creation": None}, best_effort=True)
+            raise
+        self.status.update(decide.recorded(dt, token, self.status.get("pendingRevocation") or (),
+                                           revoke_old=revoke_old))
+        self.lease = None
+        # record at once, before anything else can fail: this is what makes the token ours
+        written = self._write_status(self.status)
+        if written == {}:
+            # the object went away (its finalizer removed by hand): nobody else will revoke it
+            self._revoke([token.uuid], "revoke-unrecorded-token")
+            raise Restart
+        if (written or {}).get("metadata", {}).get("deletionTimestamp"):
+            raise Restart  # deleted meanwhile: the next pass finalizes, revoking this token
+        return token
+
+    def _adopt(self, pick: Token | None, action: str) -> Token | None:
+        if pick is None:
+            return None
+        try:
+            token = _with_code(self.quay.get_token(pick.uuid))
+        # gone between list and get: create instead
+        except QuayNotFound:
+            self._forget(pick.uuid)
+            return None
+        self.act(action)
+        return token
+
+    def _take_lease(self) -> DockerToken:
+        dt = self.dt
+        lease = decide.lease_state(dt.status.creation, self.now)
+        if lease is decide.Lease.FRESH:
+            self._wait_for_other_creator()
+        creation = Creation(id=uuid.uuid4().hex, title=dt.title, since=decide.rfc3339(self.now))
+        body = {"creation": {"id": creation.id, "title": creation.title, "since": creation.since}}
+        obj = self.kube.patch_status(dt.namespace, dt.name, body, dt.resource_version)
+        if not obj:
+            raise Restart
+        self.act("take-lease" if lease is decide.Lease.NONE else "take-over-stale-lease")
+        self.lease = creation
+        self.dt = DockerToken.from_object(obj)
+        self.raw = dict(obj.get("status") or {})
+        self.status.update(self.raw)
+        return self.dt
+
+    def _wait_for_other_creator(self) -> None:
+        """Another delivery holds the lease: wait for it to record its UUID, then start over."""
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(LEASE_POLL_SECONDS)
+            obj = self.kube.get_dockertoken(self.dt.namespace, self.dt.name)
+            if obj is None or not (obj.get("status") or {}).get("creation"):
+                raise Restart
+        raise TemporaryError("another delivery is creating the token; retrying").with_reason(
+            conditions.CREATION_IN_PROGRESS)
+
+    def _others_once_rivals_settled(self, dt: DockerToken) -> list[dict[str, Any]]:
+        """Every DockerToken, read once no other one holds a fresh lease on our title.
+
+        Both sides take their lease before looking, so at least one sees the other. The side
+        holding the younger lease steps back (503; the lease is freed). The older side waits
+        until the younger one is done: that one may not have seen us and be POSTing now, and
+        its token must be claimed before we look for one to adopt.
+        """
+        ours = dt.status.creation
+        assert ours is not None
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        while True:
+            others = [decide.claim_view(o) for o in self.kube.iter_dockertokens()]
+            rival = decide.yields_to(others, dt, ours, self.now)
+            if not rival:
+                rival = decide.waits_for(others, dt, ours, self.now)
+                if not rival:
+                    return others
+                if time.monotonic() <= deadline:
+                    time.sleep(LEASE_POLL_SECONDS)
+                    continue
+            raise TemporaryError(
+                f"DockerToken {rival} is creating a token titled {dt.title!r}; retrying after it"
+            ).with_reason(conditions.CREATION_IN_PROGRESS)
+
+    def _create(self, title: str, claimed: set[str]) -> Token:
+        """POST, under the lease. A POST that failed may still have created the token (the answer
+        was lost, or Quay finished after our timeout): look once more, a moment later, and adopt
+        what appeared. Nobody else adopts or creates this title meanwhile, so it is ours."""
+        assert self.ob.conn is not None
+        try:
+            token = _with_code(self.quay.create_token(title))
+        except QuayTransient:
+            self.cache.invalidate(self.ob.conn.fingerprint)  # Quay may have made it all the same
+            time.sleep(min(self.ob.conn.timeout, LOST_POST_GRACE_SECONDS))
+            try:
+                lost = self._adopt(decide.pick_adoptable(self.quay.list_tokens(), title=title,
+                                                         claimed=claimed, now=self.now),
+                                   "adopt-lost-token")
+            # Quay still failing: the next delivery adopts the token if there is one
+            except QuayError:
+                lost = None
+            if lost is None:
+                raise
+            return lost
+        self.act("create-token")
+        return token
+
+    # -- deletion ------------------------------------------------------------------------------------
+    def _finalize(self) -> None:
+        plan, dt = self.plan, self.dt
+        if plan.wait_for_lease:
+            # a delivery is POSTing this object's token: let it record the UUID, then revoke that
+            self._wait_for_other_creator()
+        doomed = list(plan.revoke)
+        if plan.revoke_by_title:
+            claimed = decide.claimed_uuids(self.kube.iter_dockertokens(), except_uid=dt.uid)
+            doomed += decide.revocable(self.quay.list_tokens(), title=dt.title, claimed=claimed)
+        self._revoke(doomed, "revoke-token")
+        for ref in plan.delete_secrets:
+            self._delete_secret(ref)
+        remaining = [f for f in dt.finalizers if f != FINALIZER]
+        self.kube.set_finalizers(dt.namespace, dt.name, remaining, dt.resource_version)
+        self.act("remove-finalizer")
+        self.outcome.result = "finalized"
+
+    # -- the return Secret -------------------------------------------------------------------------
+    def _write_secret(self, where: Ref, current: Mapping[str, Any] | None, token: Token) -> None:
+        """Make the Secret at ``where`` hold ``token``; no write when it already does."""
+        assert self.ob.conn is not None
+        desired = pullsecret.build(self.dt, where, token, self.ob.conn.registry)
+        if current is None:
+            self._create_secret(where, desired)
+            self.act("create-secret")
+        elif not pullsecret.is_intact(current, desired):
+            meta = current["metadata"]
+            if current.get("type") != desired["type"]:  # type is immutable: recreate
+                self.kube.delete_secret(where.namespace, where.name, uid=meta.get("uid"))
+                self._create_secret(where, desired)
+            else:  # keep labels and annotations others added
+                body = dict(desired)
+                body["metadata"] = {
+                    **desired["metadata"],
+                    "resourceVersion": meta.get("resourceVersion"),
+                    "labels": {**(meta.get("labels") or {}), **desired["metadata"]["labels"]},
+                    "annotations": {**(meta.get("annotations") or {}),
+                                    **desired["metadata"]["annotations"]},
+                }
+                self.kube.replace_secret(body)
+            self.act("update-secret")
+        self.status["retSecret"] = {"namespace": where.namespace, "name": where.name}
+
+    def _create_secret(self, where: Ref, desired: dict[str, Any]) -> None:
+        if not self.kube.create_secret(desired):
+            # the token is already recorded in status: a later pass writes the Secret once it can
+            raise ConfigError(
+                f"retSecretRef.namespace: namespace {where.namespace!r} does not exist; create it "
+                "(the next resync then writes the Secret) or name an existing namespace")
+
+    def _delete_secret(self, where: Ref) -> None:
+        """Delete the Secret at ``where`` if it is ours (as observed at the start of the pass)."""
+        found = self.ob.ret_secret if where == self.dt.ret_secret else self.ob.old_ret_secret
+        if found is not None and pullsecret.is_ours(found, self.dt):
+            self.kube.delete_secret(where.namespace, where.name, uid=found["metadata"].get("uid"))
+            self.act("delete-secret")
+
+    # -- status ----------------------------------------------------------------------------------------
+    def _fail(self, failure: Failure) -> None:
+        """Record the failure (and free our lease) in one write; the outcome says what happened."""
+        desired = decide.failed_status(self.dt, self.status, failure, self.plan.inputs, self.now)
+        if self.lease is not None:
+            desired["creation"] = None
+        self._write_status(desired)
+        self.lease = None
+        out = self.outcome
+        out.reason, out.message, out.temporary = failure.reason, failure.message, failure.temporary
+        out.result = "blocked" if self.plan.cleanup else "retrying" if failure.temporary else "failed"
+
+    def _write_status(self, desired: Mapping[str, Any], *,
+                      best_effort: bool = False) -> dict[str, Any] | None:
+        """Write only what differs from what the server has; nothing at all when equal.
+
+        Returns the object as written, {} if it no longer exists, None if nothing was written.
+        """
+        patch = decide.status_patch(self.raw, desired)
+        if not patch:
+            return None
+        try:
+            obj = self.kube.patch_status(self.dt.namespace, self.dt.name, patch)
+        # freeing a lease is best effort: it goes stale on its own
+        except (TemporaryError, PermanentError):
+            if not best_effort:
+                raise
+            logger.warning("%s/%s: could not write status", self.dt.namespace, self.dt.name)
+            return None
+        if obj:
+            self.raw = dict(obj.get("status") or {})
+        return obj
+
+
+def _with_code(token: Token) -> Token:
+    if not token.code:
+        raise QuayPermanent(f"Quay returned token {token.uuid} without its code")
+    return token

@@ -1,0 +1,98 @@
+"""Read everything one pass decides on: the object, its connection, its Secrets, the consents.
+
+Read-only (API server GETs, no Quay call). ``reconcile.py`` calls :func:`observe` and hands the
+frozen :class:`decide.Observed` to :func:`decide.plan`.
+
+Tenant isolation lives here: a reference into another namespace is followed only with that
+namespace's consent (README "Tenant isolation"), and a refusal reads the same whether or not
+the referenced object exists.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from function import conditions, pullsecret
+from function.connection import Connection, parse_connection
+from function.decide import Observed
+from function.errors import PermanentError
+from function.kube import Kube
+from function.model import DockerToken, Ref
+
+# On a connection Secret, or on a Namespace: the namespaces (comma-separated, or "*") whose
+# DockerTokens may use that Secret, or write their pull Secret into that namespace.
+ALLOWED_NAMESPACES = "quay.herve4m.github.io/allowed-namespaces"
+
+
+def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
+            wave: str = "") -> Observed:
+    """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
+    dt = DockerToken.from_object(obj)
+    conn, conn_error, conn_version, consent = _connection(kube, dt)
+    ret_error, ret_consent = _return_namespace(kube, dt)
+    ret = old = None
+    if ret_error is None and dt.ret_secret is not None and dt.ret_secret.name:
+        ret = kube.get_secret(dt.ret_secret.namespace, dt.ret_secret.name)
+    moved = dt.status.ret_secret
+    if moved is not None and moved != dt.ret_secret:
+        old = kube.get_secret(moved.namespace, moved.name)
+    return Observed(
+        dt=dt, now=now, verify=verify, wave=wave, conn=conn, conn_error=conn_error, conn_version=conn_version,
+        ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
+        consent_version=f"{consent}/{ret_consent}",
+    )
+
+
+def _connection(kube: Kube, dt: DockerToken) -> tuple[Connection | None, PermanentError | None, str, str]:
+    """(connection, why not, its resourceVersion, consent state) for spec.connSecretRef."""
+    ref = dt.conn_secret
+    if not ref.name:
+        return None, None, "", ""
+    found = kube.get_secret(ref.namespace, ref.name)
+    if ref.namespace != dt.namespace and (found is None or not _allows(found, dt.namespace)):
+        return None, _denied_connection(dt, ref), "", "denied"
+    if found is None:
+        # the original operator's wording, which users may already match on
+        return None, PermanentError(f"connSecretRef: {ref.name}: secret not found").with_reason(
+            conditions.SECRET_NOT_FOUND), "", ""
+    version = str(found["metadata"].get("resourceVersion") or "")
+    try:
+        return parse_connection(pullsecret.decoded(found), secret_name=ref.name), None, version, ""
+    except PermanentError as exc:
+        return None, exc, version, ""
+
+
+def _return_namespace(kube: Kube, dt: DockerToken) -> tuple[PermanentError | None, str]:
+    """Whether the pull Secret may be written where spec.retSecretRef says."""
+    ref = dt.ret_secret
+    if ref is None or ref.namespace == dt.namespace:
+        return None, ""
+    namespace = kube.get_namespace(ref.namespace)
+    if namespace is not None and _allows(namespace, dt.namespace):
+        return None, ""
+    return PermanentError(
+        f"spec.retSecretRef.namespace: {ref.namespace!r} is not this DockerToken's namespace and "
+        f"does not allow namespace {dt.namespace!r} to write pull Secrets there; to allow it, "
+        f"annotate that namespace: kubectl annotate namespace {ref.namespace} "
+        f"{ALLOWED_NAMESPACES}={dt.namespace} (a comma-separated list, or \"*\"), or leave "
+        "retSecretRef.namespace out to write the Secret next to the DockerToken"
+    ).with_reason(conditions.CROSS_NAMESPACE_DENIED), "denied"
+
+
+def _denied_connection(dt: DockerToken, ref: Ref) -> PermanentError:
+    # The same words whether or not the Secret exists: no existence oracle across namespaces.
+    return PermanentError(
+        f"spec.connSecretRef.namespace: {ref.namespace!r} is not this DockerToken's namespace, and "
+        f"a connection Secret there is used only if it allows namespace {dt.namespace!r}; to allow "
+        f"it, annotate the Secret: kubectl annotate secret -n {ref.namespace} {ref.name} "
+        f"{ALLOWED_NAMESPACES}={dt.namespace} (a comma-separated list, or \"*\"), or use a "
+        f"connection Secret in namespace {dt.namespace!r}"
+    ).with_reason(conditions.CROSS_NAMESPACE_DENIED)
+
+
+def _allows(obj: Mapping[str, Any], namespace: str) -> bool:
+    value = str(((obj.get("metadata") or {}).get("annotations") or {}).get(ALLOWED_NAMESPACES) or "")
+    allowed = {part.strip() for part in value.split(",")}
+    return "*" in allowed or namespace in allowed
