@@ -290,10 +290,10 @@ def test_update_that_points_a_reference_at_another_namespace_is_denied(teams: Te
 
 
 def test_writes_that_leave_the_spec_alone_are_not_blocked(teams: Teams) -> None:
-    """A DockerToken pointing into team-b made without the policy's check (here: by an admin, as
-    objects of the original operator were): its status, labels and finalizers can still be
-    written and it can be deleted, by the function and by tenant-a, who has no right in team-b.
-    Changing its spec is checked like any other change."""
+    """A DockerToken in team-a pointing into team-b that the policy let through for its creator
+    (here an admin; in a cluster also any object older than the policy). The function and
+    tenant-a, who has no right in team-b, can still write its status, labels and finalizers,
+    and tenant-a can delete it; changing its spec is checked like any other change."""
     obj = dockertoken("legacy", conn=(teams.b, CONN), ret=(teams.b, "pull"))
     obj["metadata"]["finalizers"] = [FINALIZER, "example.com/backup"]
     teams.create("admin", obj)
