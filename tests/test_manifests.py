@@ -47,12 +47,22 @@ BUILTIN_KINDS = {
     "ClusterRoleBinding",
     "CronJob",
     "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
 # Oldest Kubernetes docs/deploy.md supports, and the newest kubernetes-validate ships.
 K8S_VERSIONS = ["1.33", kubernetes_validate.latest_version()]
 
 NAMESPACE = "quay-system"
+ADMISSION_POLICY = "dockertoken-tenant-isolation"
 IMAGE_NAME = "quay-dockertoken"
 RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
 BROKER_INGRESS = "http://broker-ingress.knative-eventing.svc.cluster.local/quay-system/dockertoken"
@@ -317,6 +327,38 @@ def test_broken_cronjob_is_rejected_by_kubernetes_validate() -> None:
     cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicyy"] = "Never"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(cron, K8S_VERSIONS[0], strict=True)
+
+
+def test_broken_admission_policy_is_rejected_by_kubernetes_validate() -> None:
+    for version in K8S_VERSIONS:
+        binding = find(built("base"), "ValidatingAdmissionPolicyBinding", ADMISSION_POLICY)
+        binding["spec"]["validationAction"] = binding["spec"].pop("validationActions")
+        with pytest.raises(kubernetes_validate.ValidationError, match="validationAction"):
+            kubernetes_validate.validate(binding, version, strict=True)
+        policy = find(built("base"), "ValidatingAdmissionPolicy", ADMISSION_POLICY)
+        policy["spec"]["failurePolicy"] = False
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(policy, version, strict=True)
+
+
+# --- Tenant isolation (issue 11; behaviour on a real API server in test_admission.py) ------------
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_admission_policy_guards_dockertokens(build: str) -> None:
+    objs = built(build)
+    policy = find(objs, "ValidatingAdmissionPolicy", ADMISSION_POLICY)["spec"]
+    binding = find(objs, "ValidatingAdmissionPolicyBinding", ADMISSION_POLICY)["spec"]
+    crd = find(objs, "CustomResourceDefinition", "dockertokens.quay.herve4m.github.io")["spec"]
+    assert binding["policyName"] == ADMISSION_POLICY
+    assert binding["validationActions"] == ["Deny"]
+    assert "paramRef" not in binding and "matchResources" not in binding  # every namespace
+    assert policy["failurePolicy"] == "Fail"
+    (rule,) = policy["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == [crd["group"]]
+    assert rule["resources"] == [crd["names"]["plural"]]  # not the status subresource
+    assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+    assert "namespaceSelector" not in policy["matchConstraints"]
 
 
 # --- RBAC --------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Used by the pytest fixtures in ``tests/conftest.py``, by ``scripts/demo`` and by the benchmarks.
 The binaries come from ``scripts/build-controlplane`` (or ``KUBEBUILDER_ASSETS``). Identities are
-static bearer tokens: an admin in ``system:masters``, and one per ServiceAccount of ``knative/``
-(``system:serviceaccount:quay-system:<name>``), so RBAC binds them exactly as in a cluster.
+static bearer tokens: an admin in ``system:masters``, one per ServiceAccount of ``knative/``
+(``system:serviceaccount:quay-system:<name>``) and the tenants of ``TENANTS``, so RBAC binds them
+exactly as in a cluster.
 """
 
 from __future__ import annotations
@@ -32,8 +33,19 @@ KNATIVE = ROOT / "knative" / "base"
 SA_NAMESPACE = "quay-system"
 # The ServiceAccounts of knative/base/rbac.yaml that tests impersonate with a token of their own.
 SERVICE_ACCOUNTS = ("dockertoken-reconciler", "dockertoken-source", "dockertoken-resync")
-# Objects from knative/ that every test needs: the CRD, the namespace and the RBAC.
-BOOTSTRAP_FILES = ("namespace.yaml", "crd-dockertoken.yaml", "rbac.yaml")
+# Tenant identities for the tenant-isolation tests (issue 11): identity -> (user name, groups).
+# No group beyond system:authenticated, so each holds only the RBAC a test binds to it.
+# "gitops" is a ServiceAccount of another namespace, as a GitOps tool's would be.
+TENANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tenant-a": ("tenant-a", ()),
+    "gitops": (
+        "system:serviceaccount:gitops:deployer",
+        ("system:serviceaccounts", "system:serviceaccounts:gitops"),
+    ),
+}
+# Objects from knative/ that every test needs: the CRD, the namespace, the RBAC and the
+# admission policy that keeps DockerTokens to credentials their requester may use.
+BOOTSTRAP_FILES = ("namespace.yaml", "crd-dockertoken.yaml", "rbac.yaml", "admission.yaml")
 
 
 class ControlPlaneError(RuntimeError):
@@ -152,6 +164,10 @@ class ControlPlane:
             user = f"system:serviceaccount:{SA_NAMESPACE}:{sa}"
             groups = f"system:serviceaccounts,system:serviceaccounts:{SA_NAMESPACE}"
             lines.append(f'{self.tokens[sa]},{user},{sa},"{groups}"')
+        for identity, (user, tenant_groups) in TENANTS.items():
+            self.tokens[identity] = secrets.token_hex(16)
+            line = f"{self.tokens[identity]},{user},{identity}"
+            lines.append(f'{line},"{",".join(tenant_groups)}"' if tenant_groups else line)
         token_file = certs / "tokens.csv"
         token_file.write_text("\n".join(lines) + "\n")
 
@@ -275,7 +291,7 @@ class ControlPlane:
                 for line in text.splitlines() if line.startswith("apiserver_request_total{")]
 
     def api_client(self, identity: str = "admin") -> Any:
-        """A kubernetes ApiClient for one of the identities (admin or a ServiceAccount name)."""
+        """A kubernetes ApiClient for one of the identities (admin, a ServiceAccount or a tenant)."""
         from kubernetes import config
 
         return config.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
