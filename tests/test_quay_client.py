@@ -1164,3 +1164,19 @@ def test_registry_over_tls(tls_sim: QuaySimulator, monkeypatch: pytest.MonkeyPat
         assert token.token_code is not None
         assert client.check_credential(challenge.realm, challenge.service, token.token_code).ok
         client.revoke_token(token.uuid)
+
+
+def test_registry_debug_lines_carry_no_code(sim: QuaySimulator,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
+        token = client.create_token("logged")
+        assert token.token_code is not None
+        with caplog.at_level(logging.DEBUG, logger="function.quay"):
+            challenge = client.registry_challenge()
+            assert challenge is not None
+            client.check_credential(challenge.realm, challenge.service, token.token_code)
+    lines = [r.getMessage() for r in caplog.records if r.name == "function.quay"]
+    assert [re.sub(r"\d+ ms", "N ms", line) for line in lines] == [
+        "quay GET /v2/ -> 401 in N ms", f"quay GET {sim.base_url}/v2/auth -> 200 in N ms"]
+    basic = base64.b64encode(f"$app:{token.token_code}".encode()).decode()
+    assert token.token_code not in caplog.text and basic not in caplog.text
