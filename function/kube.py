@@ -297,6 +297,40 @@ class Kube:
         self._request(f"delete secret {namespace}/{name}", "DELETE",
                       f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, missing_ok=True)
 
+    # -- ServiceAccounts (spec.serviceAccounts) --------------------------------------------------
+    def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ServiceAccount, or None when it does not exist (yet)."""
+        return self._request(f"get serviceaccount {namespace}/{name}", "GET",
+                             f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", missing_ok=True)
+
+    def patch_serviceaccount_pull_secrets(self, namespace: str, name: str,
+                                          pull_secrets: list[Mapping[str, Any]],
+                                          resource_version: str) -> dict[str, Any] | None:
+        """Set imagePullSecrets to exactly ``pull_secrets`` (a merge patch replaces the whole list,
+        so build it with ``kevents.pull_secret_edit`` from the list just read), conditioned on
+        ``resource_version``: 409 ``Conflict`` if anyone changed the ServiceAccount since, None
+        when it was deleted."""
+        self.writes += 1
+        body = {"metadata": {"resourceVersion": resource_version},
+                "imagePullSecrets": list(pull_secrets)}
+        return self._request(f"patch imagePullSecrets of serviceaccount {namespace}/{name}", "PATCH",
+                             f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", body=body,
+                             headers=MERGE_PATCH, missing_ok=True)
+
+    # -- Events (events.k8s.io/v1) -----------------------------------------------------------------
+    def create_event(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create an Event (build it with ``kevents.build_event``); None when it was not created
+        because its namespace is gone or the very same Event (same name) already exists."""
+        self.writes += 1
+        meta = body["metadata"]
+        path = f"/apis/events.k8s.io/v1/namespaces/{meta['namespace']}/events"
+        try:
+            return self._request(f"create event {meta['namespace']}/{meta['name']}", "POST", path,
+                                 body=body, missing_ok=True)
+        # a POST gets 409 only as AlreadyExists: this report was made already
+        except Conflict:
+            return None
+
 
 def _message(resp: httpx.Response) -> str:
     try:

@@ -11,19 +11,29 @@ A 404 with Quay's JSON ``not_found`` body is :class:`QuayNotFound` (unknown toke
 (Quay's HTML page, a proxy's) means the endpoint itself is missing: application tokens are
 disabled (FEATURE_APP_SPECIFIC_TOKENS) or ``host`` carries a wrong path; that is
 :class:`QuayFeatureDisabled`, never "not found", so a cleanup cannot mistake it for "revoked".
+
+Two registry calls prove a token works as a pull credential, one request each, neither
+carrying the connection's OAuth token or session cookie: :meth:`QuayClient.registry_challenge`
+reads the ``WWW-Authenticate`` challenge of ``GET /v2/`` (Quay announces its SERVER_HOSTNAME
+there), and :meth:`QuayClient.check_credential` logs in at the announced realm with
+``$app:<code>`` as ``docker login`` does. The realm is announced by the server, so the code is
+sent only to a realm on the host of ``host`` or on the announced registry host, over https or
+the scheme of ``host`` (never downgraded): see :func:`realm_refusal`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
 import re
 import ssl
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -42,7 +52,7 @@ from function.errors import (
 )
 from function.model import Token
 
-__all__ = ["QuayClient"]
+__all__ = ["CredentialCheck", "QuayClient", "RegistryChallenge", "parse_challenges", "realm_refusal"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +66,35 @@ _PAGE_TOKEN = re.compile(r"window\.__token\s*=\s*'([^']+)'")
 _CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
 _TOKEN_KEYS = ("uuid", "title", "last_accessed", "created", "expiration")
 _E = TypeVar("_E", bound=ReconcileError)
+REGISTRY_USERNAME = "$app"  # Quay's fixed username for application tokens
+# RFC 9110 ``WWW-Authenticate``: challenges ``scheme [token68 | #auth-param]``, comma-separated.
+_AUTH_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_SEPARATORS = re.compile(r"[\s,]*")
+_AUTH_SCHEME = re.compile(rf"({_AUTH_TOKEN})(?=[\s,]|$)")
+_AUTH_PARAM = re.compile(rf'({_AUTH_TOKEN})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|({_AUTH_TOKEN}))'
+                         r"(?=[\s,]|$)")
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*[ \t]*(?=,|$)")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class RegistryChallenge:
+    """The Bearer challenge of ``GET /v2/``: where to log in, and the registry's own name.
+
+    ``service`` is Quay's SERVER_HOSTNAME (``host[:port]``), the name image references and
+    ``.dockerconfigjson`` use; None when the registry announced none.
+    """
+
+    realm: str
+    service: str | None
+
+
+@dataclass(frozen=True)
+class CredentialCheck:
+    """Whether the registry accepted a token code; ``detail`` is the registry's answer, scrubbed."""
+
+    ok: bool
+    detail: str
 
 
 class QuayClient:
@@ -142,6 +181,85 @@ class QuayClient:
             raise self._shape_error("GET", "/api/v1/user/", body, "username")
         return username
 
+    # -- the registry -------------------------------------------------------------------------
+
+    def registry_challenge(self) -> RegistryChallenge | None:
+        """``GET /v2/`` at the root of the host, without credentials (one request, 091).
+
+        Returns the Bearer challenge's realm and service; None when the answer carries no
+        Bearer challenge (a registry open to anonymous pulls, no registry at that address, or
+        a Basic-only challenge). A Bearer challenge without a usable realm is
+        QuayUnexpectedResponse; 429/5xx and transport failures are QuayTransient.
+        """
+        url = f"{self._root}/v2/"
+        where = "GET /v2/"
+        response = self._send("GET", url, anonymous=True, where=where)
+        if response.status_code == 429 or response.status_code >= 500:
+            self._raise_for_status(response, "GET", "/v2/")
+        values = response.headers.get_list("WWW-Authenticate")
+        bearer = next((params for scheme, params in parse_challenges(", ".join(values))
+                       if scheme == "bearer"), None)
+        if bearer is None:
+            logger.debug("quay %s: no Bearer challenge (HTTP %d)", where, response.status_code)
+            return None
+        realm = bearer.get("realm", "")
+        parts = urlsplit(realm)
+        if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+            raise self._scrubbed(QuayUnexpectedResponse(
+                f"{where}: the registry's Bearer challenge has no http(s) realm "
+                f"(WWW-Authenticate: {_excerpt(', '.join(values))})"
+            ))
+        return RegistryChallenge(realm=realm, service=bearer.get("service") or None)
+
+    def check_credential(self, realm: str, service: str | None, code: str) -> CredentialCheck:
+        """Log in at ``realm`` with Basic ``$app:<code>`` as ``docker login`` does (one request).
+
+        ok is True when the registry answers 200 with a token (093), False when it refuses
+        (401 ``Invalid token`` for a wrong, revoked or expired code: 097, 103, 136) or answers
+        anything else a retry would not change; ``detail`` quotes its answer, never the code.
+        A realm that :func:`realm_refusal` refuses is QuayUnexpectedResponse, and nothing is
+        sent; 429/5xx and transport failures are QuayTransient (nothing was learnt).
+        """
+        if not code:
+            raise ValueError("a token code is required")
+        refusal = realm_refusal(realm, self._conn.base_url, service)
+        if refusal is not None:
+            raise self._scrubbed(QuayUnexpectedResponse(
+                f"the registry announced the realm {_excerpt(realm)!r}, which is not sent the "
+                f"token: {refusal}"
+            ), code)
+        parts = urlsplit(realm)
+        where = f"GET {parts.scheme}://{parts.netloc}{parts.path or '/'}"
+        params = {"account": REGISTRY_USERNAME}
+        if service:
+            params["service"] = service
+        basic = base64.b64encode(f"{REGISTRY_USERNAME}:{code}".encode()).decode()
+        try:
+            response = self._send("GET", realm, params=params, anonymous=True, where=where,
+                                  headers={"Authorization": f"Basic {basic}"})
+        except QuayError as error:
+            raise self._scrubbed(error, code, basic) from error.__cause__
+        status = response.status_code
+        if status == 429 or status >= 500:
+            try:
+                self._raise_for_status(response, "GET", where.removeprefix("GET "))
+            except QuayError as error:
+                raise self._scrubbed(error, code, basic) from None
+        answer = self._scrub_text(_registry_message(response), code, basic)
+        if status == 200 and _has_registry_token(response):
+            return CredentialCheck(True, f"{where}: the registry accepted the token (200)")
+        if status == 200:
+            return CredentialCheck(False, f"{where}: the registry answered 200 without a token "
+                                          f"({answer})")
+        refused = "refused the token" if status in (401, 403) else "did not accept the token"
+        return CredentialCheck(False, f"{where}: the registry {refused} ({status} {answer})")
+
+    @property
+    def _root(self) -> str:
+        """``scheme://host[:port]`` of ``host``: the registry API lives at the root (/v2/)."""
+        parts = urlsplit(self._conn.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
     # -- requests -----------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, json: Any = None,
@@ -175,22 +293,36 @@ class QuayClient:
 
     def _send(self, method: str, path: str, *, json: Any = None,
               params: dict[str, str] | None = None,
-              headers: dict[str, str] | None = None) -> httpx.Response:
-        """Send one request; the boundary where httpx exceptions become Quay errors."""
+              headers: dict[str, str] | None = None, anonymous: bool = False,
+              where: str | None = None) -> httpx.Response:
+        """Send one request; the boundary where httpx exceptions become Quay errors.
+
+        ``anonymous`` (the registry calls): neither the OAuth token nor the session cookie is
+        sent, only the ``headers`` given; ``where`` then names the request in logs and errors.
+        """
         headers = dict(headers or {})
-        if self._uses_session and self._csrf and method not in ("GET", "HEAD"):
+        if self._uses_session and self._csrf and method not in ("GET", "HEAD") \
+                and not anonymous:
             headers.setdefault("X-CSRF-Token", self._csrf)
+        label = (where or f"{method} {path}").removeprefix(f"{method} ")
         self.calls += 1
         started = time.monotonic()
         try:
-            response = self._http.request(method, path, json=json, params=params,
-                                          headers=headers)
+            request = self._http.build_request(method, path, json=json, params=params,
+                                               headers=headers)
+            if anonymous:
+                request.headers.pop("Cookie", None)
+                if "Authorization" not in headers:
+                    request.headers.pop("Authorization", None)
+            response = self._http.send(request)
         except (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict,
                 httpx.StreamError) as exc:
-            logger.debug("quay %s %s -> %s after %.0f ms", method, path, type(exc).__name__,
+            logger.debug("quay %s %s -> %s after %.0f ms", method, label, type(exc).__name__,
                          (time.monotonic() - started) * 1000)
-            raise self._scrubbed(_transport_error(exc, method, path, self._conn)) from exc
-        logger.debug("quay %s %s -> %d in %.0f ms", method, path, response.status_code,
+            host = urlsplit(path).netloc if "://" in path else None
+            raise self._scrubbed(_transport_error(exc, method, label, self._conn,
+                                                  host=host)) from exc
+        logger.debug("quay %s %s -> %d in %.0f ms", method, label, response.status_code,
                      (time.monotonic() - started) * 1000)
         return response
 
@@ -328,15 +460,121 @@ class QuayClient:
             return f"the signed-in session of user {self._conn.username!r}"
         return "the OAuth token of the connection Secret (unknown, expired or revoked)"
 
-    def _scrubbed(self, error: _E) -> _E:
+    def _scrubbed(self, error: _E, *extra: str) -> _E:
         """Remove any credential the message might have picked up from an echoed body."""
-        message = str(error)
-        cookies = [cookie.value for cookie in self._http.cookies.jar if cookie.value]
-        for secret in (self._conn.token, self._conn.password, self._csrf, *cookies):
-            if secret:
-                message = message.replace(secret, "***")
-        message = _CODE_LIKE.sub("***", message)
+        message = self._scrub_text(str(error), *extra)
         return error if message == str(error) else type(error)(message)
+
+    def _scrub_text(self, text: str, *extra: str) -> str:
+        """``text`` without the connection's credentials, cookies, ``extra`` or code-like runs."""
+        cookies = [cookie.value for cookie in self._http.cookies.jar if cookie.value]
+        for secret in (self._conn.token, self._conn.password, self._csrf, *cookies, *extra):
+            if secret:
+                text = text.replace(secret, "***")
+        return _CODE_LIKE.sub("***", text)
+
+
+def parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
+    """The challenges of a ``WWW-Authenticate`` value: (scheme lower-cased, params).
+
+    Follows RFC 9110 section 11.6.1: several challenges may share one value, separated by
+    commas; parameter names are case-insensitive (lower-cased here, the first of a repeated
+    name wins), values are tokens or quoted strings (backslash escapes removed); a token68
+    (``Basic abc==``) is skipped. Parsing stops at the first thing that fits no rule, keeping
+    what came before.
+    """
+    challenges: list[tuple[str, dict[str, str]]] = []
+    pos, end = 0, len(header)
+    while True:
+        pos = _SEPARATORS.match(header, pos).end()  # type: ignore[union-attr]
+        if pos >= end:
+            return challenges
+        param = _AUTH_PARAM.match(header, pos) if challenges else None
+        if param is not None:
+            name = param[1].lower()
+            value = re.sub(r"\\(.)", r"\1", param[2]) if param[2] is not None else param[3]
+            challenges[-1][1].setdefault(name, value)
+            pos = param.end()
+            continue
+        scheme = _AUTH_SCHEME.match(header, pos)
+        if scheme is None:
+            return challenges
+        challenges.append((scheme[1].lower(), {}))
+        pos = scheme.end()
+        after = pos + len(header[pos:]) - len(header[pos:].lstrip(" \t"))
+        token68 = _TOKEN68.match(header, after)
+        if token68 is not None and after > pos and _AUTH_PARAM.match(header, after) is None:
+            pos = token68.end()
+
+
+def realm_refusal(realm: str, base_url: str, service: str | None) -> str | None:
+    """Why the token code must not be sent to ``realm``; None when it may.
+
+    The realm comes from the server's answer, so it is followed only to where the code is
+    already meant to go: the host (and port) of ``host`` in the connection Secret, or the
+    registry host the same answer announced as ``service`` (Quay's SERVER_HOSTNAME, from
+    which Quay builds its realm). The scheme must be https, or the scheme of ``host`` (an
+    https Quay never has the code sent in clear). No user info, no fragment.
+    """
+    try:
+        parts, base = urlsplit(realm), urlsplit(base_url)
+        port = parts.port
+    except ValueError:
+        return "it is not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return "it is not an absolute http(s) URL"
+    if "@" in parts.netloc or parts.fragment:
+        return "it carries user info or a fragment"
+    if scheme != "https" and scheme != base.scheme.lower():
+        return f"its scheme {scheme} would downgrade the {base.scheme} of host"
+    here = (parts.hostname.lower(), port or _DEFAULT_PORTS[scheme])
+    allowed = [_host_port(base.netloc, base.scheme.lower())]
+    if service:
+        allowed.append(_host_port(service, scheme))
+    if here not in allowed:
+        names = list(dict.fromkeys(f"{h}:{p}" for h, p in allowed if h))
+        which = " nor ".join(names) if len(names) > 1 else f"{names[0] if names else '?'}"
+        return (f"its host {here[0]}:{here[1]} is {'neither' if len(names) > 1 else 'not'} "
+                f"{which} (the host of host, or the registry host the challenge announced)")
+    return None
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int]:
+    """(host lower-cased, port with the scheme's default) of ``host[:port]``; ("", 0) if bad."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        return (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:
+        return "", 0
+
+
+def _registry_message(response: httpx.Response) -> str:
+    """The registry's error text: ``errors[0]`` code and message (097), else an excerpt."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            text = ": ".join(str(first[k]) for k in ("code", "message") if first.get(k))
+            if text:
+                return _excerpt(text)
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return _excerpt(value)
+    return _excerpt(response.text) or "empty body"
+
+
+def _has_registry_token(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("token"), str) and bool(body["token"])
 
 
 def _token_path(uuid: str) -> str:
@@ -387,11 +625,14 @@ def _excerpt(text: str) -> str:
     return flat if len(flat) <= EXCERPT else flat[:EXCERPT] + "..."
 
 
-def _transport_error(exc: Exception, method: str, path: str,
-                     conn: Connection) -> QuayError | ConfigError:
-    """Map an httpx exception to the Quay error that says whether a retry can help."""
+def _transport_error(exc: Exception, method: str, path: str, conn: Connection, *,
+                     host: str | None = None) -> QuayError | ConfigError:
+    """Map an httpx exception to the Quay error that says whether a retry can help.
+
+    ``host``: the host the request went to when it is not the one of ``host`` (a realm).
+    """
     where = f"{method} {path}"
-    host = conn.registry
+    host = host or conn.registry
     if isinstance(exc, httpx.TimeoutException):
         return QuayTransient(f"{where}: no answer from {host} within {conn.timeout:g} s "
                              f'({type(exc).__name__}); if Quay is just slow, raise the "timeout" key '

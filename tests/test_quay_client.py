@@ -4,6 +4,8 @@
    recorded request; the client returns the parsed value or raises the mapped error.
 2. Every httpx failure is mapped to a Quay error; no httpx exception escapes.
 3. Against ``tests.quaysim`` over HTTP(S): both auth modes, scopes, TLS, injected faults.
+4. The registry calls (challenge, credential check): recorded answers, the realm rule, the
+   challenge parser, and the simulator, including a SERVER_HOSTNAME other than the API host.
 No credential (token, password, cookie, CSRF token, token code) may appear in an error.
 """
 
@@ -38,7 +40,13 @@ from function.errors import (
     ReconcileError,
 )
 from function.model import Token
-from function.quay import QuayClient
+from function.quay import (
+    CredentialCheck,
+    QuayClient,
+    RegistryChallenge,
+    parse_challenges,
+    realm_refusal,
+)
 from tests.checks import run_concurrently
 from tests.quaysim import (
     ADMIN_TOKEN,
@@ -115,7 +123,7 @@ RECORDED_ERRORS: dict[str, type[QuayError]] = {
     # 030-059 are auth failures, except 036 (whoami with user:read) and 058 (``bearer``).
     **{f"{n:03d}": QuayAuthError for n in range(30, 60) if n not in (36, 58)},
 }
-# Registry endpoints: the client never calls them.
+# Registry endpoints: not app-token API calls (section 4 replays 091-094, 097, 103 and 136).
 NOT_CLIENT_CALLS = {"091", "092", "093", "094", "095", "096", "097", "098", "099", "100", "103",
                     "115", "136"}
 SESSION_FILES = {f"{n:03d}" for n in (*range(60, 86), *range(122, 131))}
@@ -815,3 +823,360 @@ def test_bad_environment_and_hand_made_connections(monkeypatch: pytest.MonkeyPat
     with QuayClient(Connection("", "", token=ADMIN_TOKEN)) as client, \
             pytest.raises(ConfigError, match="not a usable URL"):
         client.list_tokens()
+
+
+
+# -- 4. the registry: challenge and credential check ------------------------------------------
+
+RECORDED_REALM = f"{RECORDED_BASE}/v2/auth"
+RECORDED_SERVICE = "127.0.0.1:18080"
+
+
+def recorded_code(number: str) -> str:
+    """The token code the recording sent as the ``$app`` password."""
+    encoded = record(number)["request"]["headers"]["Authorization"].split()[1]
+    return base64.b64decode(encoded).decode().split(":", 1)[1]
+
+
+class Registry:
+    """A MockTransport that serves one answer and records what the client sent."""
+
+    def __init__(self, answer: httpx.Response | Callable[[httpx.Request], httpx.Response]) -> None:
+        self.answer = answer
+        self.sent: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return self.answer(request) if callable(self.answer) else self.answer
+
+    def client(self, conn: Connection | None = None) -> QuayClient:
+        return QuayClient(conn or oauth(), transport=httpx.MockTransport(self))
+
+
+def assert_anonymous(request: httpx.Request) -> None:
+    """Neither the OAuth token nor a session cookie goes to the registry endpoints."""
+    assert "cookie" not in request.headers
+    assert not request.headers.get("authorization", "").lower().startswith("bearer")
+    assert "mozilla" not in request.headers["user-agent"].lower()
+
+
+@pytest.mark.parametrize("number", ["091", "092"])
+@pytest.mark.parametrize("session", [False, True], ids=["oauth", "session"])
+def test_recorded_challenge(number: str, session: bool) -> None:
+    registry = Registry(recorded_response(number))
+    with registry.client(login() if session else oauth()) as client:
+        assert client.registry_challenge() == RegistryChallenge(RECORDED_REALM, RECORDED_SERVICE)
+        assert client.calls == 1
+    (request,) = registry.sent  # no sign-in, no sign-out: the registry needs no session
+    assert (request.method, str(request.url)) == ("GET", f"{RECORDED_BASE}/v2/")
+    assert "authorization" not in request.headers
+    assert_anonymous(request)
+
+
+def test_challenge_is_read_at_the_root_of_a_path_prefixed_host() -> None:
+    registry = Registry(recorded_response("091"))
+    conn = parse_connection({"host": "https://quay.example.com:8443/quay/", "token": ADMIN_TOKEN},
+                            secret_name="s")
+    with registry.client(conn) as client:
+        assert client.registry_challenge() is not None
+    assert str(registry.sent[0].url) == "https://quay.example.com:8443/v2/"
+
+
+def _challenge_answer(status: int, *values: str, body: str = "") -> httpx.Response:
+    return httpx.Response(status, headers=[("WWW-Authenticate", v) for v in values], text=body)
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    pytest.param(_challenge_answer(401, 'Bearer realm="https://q.example/v2/auth",service="q.example"'),
+                 RegistryChallenge("https://q.example/v2/auth", "q.example"), id="quay"),
+    pytest.param(_challenge_answer(401, 'bearer Service = "q.example" , REALM="https://q.example/a"'),
+                 RegistryChallenge("https://q.example/a", "q.example"), id="case-and-spaces"),
+    pytest.param(_challenge_answer(401, 'Basic realm="x"', 'Bearer realm="https://q.example/a"'),
+                 RegistryChallenge("https://q.example/a", None), id="two-headers-no-service"),
+    pytest.param(_challenge_answer(401, 'Basic abc==, Bearer realm="https://q.example/a",'
+                                        'service="q",scope="repository:a/b:pull"'),
+                 RegistryChallenge("https://q.example/a", "q"), id="token68-then-bearer"),
+    pytest.param(_challenge_answer(401, 'Bearer realm="https://q.example/a",service=""'),
+                 RegistryChallenge("https://q.example/a", None), id="empty-service"),
+    pytest.param(_challenge_answer(200, body="true"), None, id="open-registry"),
+    pytest.param(_page(404, "<html><title>404</title></html>"), None, id="no-registry"),
+    pytest.param(_challenge_answer(401, 'Basic realm="Registry"'), None, id="basic-only"),
+    pytest.param(_challenge_answer(401, "garbage\"here"), None, id="unparsable"),
+])
+def test_challenge_shapes(answer: httpx.Response, expected: RegistryChallenge | None) -> None:
+    with Registry(answer).client() as client:
+        assert client.registry_challenge() == expected
+
+
+@pytest.mark.parametrize(("answer", "error", "fragment"), [
+    pytest.param(_challenge_answer(401, 'Bearer service="q"'), QuayUnexpectedResponse,
+                 "no http(s) realm", id="no-realm"),
+    pytest.param(_challenge_answer(401, 'Bearer realm="/v2/auth"'), QuayUnexpectedResponse,
+                 "no http(s) realm", id="relative-realm"),
+    pytest.param(_challenge_answer(401, 'Bearer realm="ftp://q.example/a"'),
+                 QuayUnexpectedResponse, "no http(s) realm", id="ftp-realm"),
+    pytest.param(_page(503, "<html><title>Service Unavailable</title></html>"), QuayTransient,
+                 "GET /v2/: Quay answered 503", id="503"),
+    pytest.param(httpx.Response(429, headers={"Retry-After": "3"}, text="slow down"),
+                 QuayTransient, "Retry-After 3", id="429"),
+])
+def test_challenge_failures(answer: httpx.Response, error: type[QuayError], fragment: str) -> None:
+    with Registry(answer).client() as client, pytest.raises(error) as caught:
+        client.registry_challenge()
+    assert fragment in str(caught.value)
+    assert_clean(caught.value)
+
+
+@pytest.mark.parametrize(("raised", "error", "fragment"), [
+    (httpx.ConnectError("[Errno 111] Connection refused"), QuayTransient, "cannot connect"),
+    (httpx.ReadTimeout("timed out"), QuayTransient, "ReadTimeout"),
+    (_cert_error(), QuayTLSError, "set validateCerts to false"),
+])
+def test_registry_transport_failures_are_mapped(raised: Exception, error: type[QuayError],
+                                                fragment: str) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise raised
+
+    code = recorded_code("093")
+    with Registry(fail).client() as client:
+        with pytest.raises(error) as caught:
+            client.registry_challenge()
+        assert fragment in str(caught.value) and "GET /v2/" in str(caught.value)
+        with pytest.raises(error) as caught:
+            client.check_credential(RECORDED_REALM, RECORDED_SERVICE, code)
+        assert f"GET {RECORDED_REALM}" in str(caught.value)
+        assert fragment in str(caught.value)
+        assert caught.value.__cause__ is raised
+        assert_clean(caught.value, code)
+        assert client.calls == 2
+
+
+def test_recorded_credential_accepted() -> None:
+    """093: Basic ``$app:<code>`` at the realm, with account and service, as docker login."""
+    registry = Registry(recorded_response("093"))
+    code = recorded_code("093")
+    with registry.client(login()) as client:
+        check = client.check_credential(RECORDED_REALM, RECORDED_SERVICE, code)
+        assert client.calls == 1
+    assert check == CredentialCheck(True, f"GET {RECORDED_REALM}: the registry accepted the "
+                                          "token (200)")
+    (request,) = registry.sent
+    assert request.url.path == "/v2/auth"
+    assert dict(request.url.params) == {"account": "$app", "service": RECORDED_SERVICE}
+    assert request.headers["authorization"] == record("093")["request"]["headers"]["Authorization"]
+    assert_anonymous(request)
+
+
+@pytest.mark.parametrize("number", ["097", "103", "136"])
+def test_recorded_credential_refused(number: str) -> None:
+    """A wrong (097), revoked (103) or expired (136) code: False with Quay's answer."""
+    code = recorded_code(number)
+    with Registry(recorded_response(number)).client() as client:
+        check = client.check_credential(RECORDED_REALM, RECORDED_SERVICE, code)
+    assert check == CredentialCheck(False, f"GET {RECORDED_REALM}: the registry refused the "
+                                           "token (401 UNAUTHORIZED: Invalid token)")
+
+
+CODE_B64 = base64.b64encode(f"$app:{CODE}".encode()).decode()
+
+
+@pytest.mark.parametrize(("answer", "ok", "fragment"), [
+    pytest.param(_json(200, {"token": "a.b.c"}), True, "accepted the token (200)", id="ok"),
+    pytest.param(_json(200, {"nothing": 1}), False, "200 without a token", id="200-no-token"),
+    pytest.param(_page(200, "<html><title>Login</title></html>"), False, "200 without a token",
+                 id="200-html"),
+    pytest.param(_json(403, {"errors": [{"code": "DENIED", "message": "namespace disabled"}]}),
+                 False, "refused the token (403 DENIED: namespace disabled)", id="403"),
+    pytest.param(_page(404, "not here"), False, "did not accept the token (404 not here)",
+                 id="404"),
+    pytest.param(_json(401, {"errors": [{"code": "UNAUTHORIZED", "message": f"bad {CODE}"}]}),
+                 False, "(401 UNAUTHORIZED: bad ***)", id="echoed-code-scrubbed"),
+    pytest.param(_json(400, {"error": f"bad header Basic {CODE_B64}"}), False,
+                 "(400 bad header Basic ***)", id="echoed-basic-scrubbed"),
+    pytest.param(httpx.Response(302, headers={"Location": "https://elsewhere.example/"}), False,
+                 "did not accept the token (302", id="redirect-not-followed"),
+])
+def test_credential_answers(answer: httpx.Response, ok: bool, fragment: str) -> None:
+    registry = Registry(answer)
+    with registry.client() as client:
+        check = client.check_credential(RECORDED_REALM, RECORDED_SERVICE, CODE)
+    assert check.ok is ok
+    assert fragment in check.detail
+    assert CODE not in check.detail and CODE_B64 not in check.detail
+    assert len(registry.sent) == 1
+
+
+@pytest.mark.parametrize("answer", [
+    _page(503, f"upstream said {CODE}"),
+    httpx.Response(429, text="slow down"),
+])
+def test_credential_check_unavailable_is_transient(answer: httpx.Response) -> None:
+    with Registry(answer).client() as client, pytest.raises(QuayTransient) as caught:
+        client.check_credential(RECORDED_REALM, RECORDED_SERVICE, CODE)
+    assert f"GET {RECORDED_REALM}: Quay answered" in str(caught.value)
+    assert_clean(caught.value, CODE, CODE_B64)
+
+
+# (realm, base_url, service) -> None when the code may be sent there, else a fragment of why not.
+REALMS = [
+    pytest.param("http://127.0.0.1:18080/v2/auth", RECORDED_BASE, RECORDED_SERVICE, None,
+                 id="api-host"),
+    pytest.param("https://quay.example.com/v2/auth", "https://quay.example.com", None, None,
+                 id="api-host-no-service"),
+    pytest.param("https://QUAY.example.com:443/v2/auth", "https://quay.example.com/quay", None,
+                 None, id="default-port-and-case"),
+    pytest.param("https://registry.example.com/v2/auth", "https://quay.example.com",
+                 "registry.example.com", None, id="announced-registry-host"),
+    pytest.param("https://registry.example.com:5000/v2/auth", "https://quay.example.com",
+                 "registry.example.com:5000", None, id="announced-registry-host-port"),
+    pytest.param("https://quay.example.com/v2/auth", "http://quay.example.com:443", None, None,
+                 id="upgrade-to-https"),
+    pytest.param("https://evil.example.net/v2/auth", "https://quay.example.com",
+                 "quay.example.com", "evil.example.net:443 is not quay.example.com:443 (",
+                 id="third-party-host"),
+    pytest.param("https://quay.example.com:8443/v2/auth", "https://quay.example.com",
+                 "quay.example.com", "quay.example.com:8443 is not", id="other-port"),
+    pytest.param("https://registry.example.com:5000/v2/auth", "https://quay.example.com",
+                 "registry.example.com",
+                 "registry.example.com:5000 is neither quay.example.com:443 nor registry.example.com:443",
+                 id="registry-host-other-port"),
+    pytest.param("http://quay.example.com/v2/auth", "https://quay.example.com", None,
+                 "downgrade", id="downgrade-to-http"),
+    pytest.param("https://user:pw@quay.example.com/v2/auth", "https://quay.example.com", None,
+                 "user info", id="userinfo"),
+    pytest.param("/v2/auth", "https://quay.example.com", None, "not an absolute", id="relative"),
+    pytest.param("https://quay.example.com:99999/v2/auth", "https://quay.example.com", None,
+                 "not a valid URL", id="bad-port"),
+    pytest.param("https://quay.example.com.evil.example.net/v2/auth",
+                 "https://quay.example.com", None, "is not quay.example.com:443", id="suffix-trick"),
+]
+
+
+@pytest.mark.parametrize(("realm", "base_url", "service", "refused"), REALMS)
+def test_realm_rule(realm: str, base_url: str, service: str | None, refused: str | None) -> None:
+    why = realm_refusal(realm, base_url, service)
+    if refused is None:
+        assert why is None
+    else:
+        assert why is not None and refused in why
+
+
+def test_refused_realm_gets_nothing_sent() -> None:
+    registry = Registry(_json(200, {"token": "a.b.c"}))
+    with registry.client() as client, pytest.raises(QuayUnexpectedResponse) as caught:
+        client.check_credential("https://evil.example.net/v2/auth", RECORDED_SERVICE, CODE)
+    assert registry.sent == [] and client.calls == 0
+    assert "'https://evil.example.net/v2/auth', which is not sent the token" in str(caught.value)
+    assert_clean(caught.value, CODE)
+    with registry.client() as client, pytest.raises(ValueError, match="code"):
+        client.check_credential(RECORDED_REALM, RECORDED_SERVICE, "")
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    pytest.param('Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple"',
+                 [("newauth", {"realm": "apps", "type": "1", "title": 'Login to "apps"'}),
+                  ("basic", {"realm": "simple"})], id="rfc9110-example"),
+    pytest.param('Bearer realm="a,b",error="invalid_token",realm="ignored"',
+                 [("bearer", {"realm": "a,b", "error": "invalid_token"})], id="comma-in-quotes"),
+    pytest.param('Bearer realm="a" service="b"', [("bearer", {"realm": "a", "service": "b"})],
+                 id="missing-comma-tolerated"),
+    pytest.param("Basic YWxhZGRpbjpvcGVuc2VzYW1l", [("basic", {})], id="token68"),
+    pytest.param('Bearer realm="a", "oops', [("bearer", {"realm": "a"})], id="stops-at-garbage"),
+    pytest.param("", [], id="empty"),
+])
+def test_challenge_parser(header: str, expected: list[tuple[str, dict[str, str]]]) -> None:
+    assert parse_challenges(header) == expected
+
+
+def test_registry_calls_against_the_simulator(sim: QuaySimulator) -> None:
+    with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
+        token = client.create_token("verified")
+        assert token.code is not None
+        sim.reset_counters()
+        challenge = client.registry_challenge()
+        assert challenge == RegistryChallenge(f"{sim.base_url}/v2/auth", sim.host)
+        check = client.check_credential(challenge.realm, challenge.service, token.code)
+        assert check.ok, check.detail
+        assert sim.calls == {"v2": 1, "v2_auth": 1} and client.calls == 3
+        wrong = client.check_credential(challenge.realm, challenge.service,
+                                        token.code[:-4] + "XXXX")
+        assert wrong == CredentialCheck(False, f"GET {sim.base_url}/v2/auth: the registry "
+                                               "refused the token (401 UNAUTHORIZED: "
+                                               "Invalid token)")
+        (listed,) = client.list_tokens()
+        assert listed.last_accessed is not None  # the check is a real registry login
+        client.revoke_token(token.uuid)
+        revoked = client.check_credential(challenge.realm, challenge.service, token.code)
+        assert not revoked.ok and "Invalid token" in revoked.detail
+        assert token.code not in f"{check} {wrong} {revoked}"
+    assert sim.calls_by_auth[("GET", "anonymous")] == 1
+    assert sim.calls_by_auth[("GET", "registry")] == 3
+
+
+def test_expired_token_is_refused_by_the_simulator(sim: QuaySimulator) -> None:
+    sim.token_expiration = 30
+    with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
+        token = client.create_token("short")
+        assert token.code is not None
+        challenge = client.registry_challenge()
+        assert challenge is not None
+        assert client.check_credential(challenge.realm, challenge.service, token.code).ok
+        sim.advance(31)
+        late = client.check_credential(challenge.realm, challenge.service, token.code)
+        assert not late.ok and "Invalid token" in late.detail
+
+
+def test_registry_calls_never_sign_in(sim: QuaySimulator) -> None:
+    with QuayClient(secret_conn(sim, username=ROBOT, password=ROBOT_PASSWORD)) as client:
+        challenge = client.registry_challenge()
+        assert challenge is not None
+        check = client.check_credential(challenge.realm, challenge.service, CODE)
+        assert not check.ok
+    assert sim.calls == {"v2": 1, "v2_auth": 1}  # no GET /, sign-in or sign-out
+    assert ROBOT_PASSWORD not in check.detail
+
+
+def test_server_hostname_other_than_the_api_host(sim: QuaySimulator) -> None:
+    """SERVER_HOSTNAME ``localhost:<port>`` while the API is used as ``127.0.0.1:<port>``: the
+    challenge announces it and the realm on it is followed (it is the announced registry)."""
+    sim.server_hostname = f"localhost:{sim.port}"
+    with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
+        token = client.create_token("renamed")
+        assert token.code is not None
+        challenge = client.registry_challenge()
+        assert challenge == RegistryChallenge(f"http://localhost:{sim.port}/v2/auth",
+                                              f"localhost:{sim.port}")
+        assert challenge.service != secret_conn(sim, token=ADMIN_TOKEN).registry
+        check = client.check_credential(challenge.realm, challenge.service, token.code)
+        assert check.ok, check.detail
+        # The same realm without the announced service is a host the code may not go to.
+        with pytest.raises(QuayUnexpectedResponse, match=r"is not 127\.0\.0\.1"):
+            client.check_credential(challenge.realm, None, token.code)
+
+
+def test_registry_over_tls(tls_sim: QuaySimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert tls_sim.ca_path is not None
+    monkeypatch.setenv("SSL_CERT_FILE", tls_sim.ca_path)
+    with QuayClient(secret_conn(tls_sim, token=ADMIN_TOKEN)) as client:
+        challenge = client.registry_challenge()
+        assert challenge == RegistryChallenge(f"{tls_sim.base_url}/v2/auth", tls_sim.host)
+        token = client.create_token("tls")
+        assert token.code is not None
+        assert client.check_credential(challenge.realm, challenge.service, token.code).ok
+        client.revoke_token(token.uuid)
+
+
+def test_registry_debug_lines_carry_no_code(sim: QuaySimulator,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with QuayClient(secret_conn(sim, token=ADMIN_TOKEN)) as client:
+        token = client.create_token("logged")
+        assert token.code is not None
+        with caplog.at_level(logging.DEBUG, logger="function.quay"):
+            challenge = client.registry_challenge()
+            assert challenge is not None
+            client.check_credential(challenge.realm, challenge.service, token.code)
+    lines = [r.getMessage() for r in caplog.records if r.name == "function.quay"]
+    assert [re.sub(r"\d+ ms", "N ms", line) for line in lines] == [
+        "quay GET /v2/ -> 401 in N ms", f"quay GET {sim.base_url}/v2/auth -> 200 in N ms"]
+    basic = base64.b64encode(f"$app:{token.code}".encode()).decode()
+    assert token.code not in caplog.text and basic not in caplog.text

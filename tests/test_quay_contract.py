@@ -65,11 +65,18 @@ def order_key(path: Path) -> float:
 class Replay:
     """One simulator per run, fed the run's files in order; remembers value mappings."""
 
-    def __init__(self, run: str) -> None:
-        self.sim = QuaySimulator(seed_quay_testdata=True, **RUNS[run]).start()
+    def __init__(self, run: str, server_hostname: str | None = None) -> None:
+        self.sim = QuaySimulator(seed_quay_testdata=True, server_hostname=server_hostname,
+                                 **RUNS[run]).start()
         self.files = sorted((f for f in FILES if run_of(f.name) == run), key=order_key)
         self.done: dict[str, list[str]] = {}
         self.mapped: dict[str, str] = {}
+        # The recording's host stands for the API host, except in the registry's answers and
+        # the service parameter, where it is SERVER_HOSTNAME (the same value when recorded).
+        self.recorded_host_is = self.sim.host
+
+    def host_for(self, path: str) -> str:
+        return self.sim.server_hostname if path.startswith("/v2/") else self.sim.host
 
     def result(self, name: str) -> list[str]:
         """Replay up to ``name`` (earlier files first) and return its mismatches."""
@@ -85,6 +92,7 @@ class Replay:
     def replay(self, path: Path) -> list[str]:
         record = json.loads(path.read_text())
         request, expected = record["request"], record["response"]
+        self.recorded_host_is = self.host_for(request["path"])
         wait = WAITS.get(path.name[:3])
         if wait:
             self.sim.advance(wait)
@@ -111,7 +119,7 @@ class Replay:
     def substitute(self, text: str) -> str:
         for recorded in sorted(self.mapped, key=len, reverse=True):
             text = text.replace(recorded, self.mapped[recorded])
-        return text.replace(RECORDED_HOST, self.sim.host)
+        return text.replace(RECORDED_HOST, self.recorded_host_is)
 
     def substitute_header(self, name: str, value: str) -> str:
         scheme, _, credentials = value.partition(" ")
@@ -137,7 +145,7 @@ class Replay:
                             f"missing {sorted(set(want) - set(got))}")
         for name, values in want.items():
             if name in got and name not in VOLATILE_HEADERS:
-                wanted = [value.replace(RECORDED_HOST, self.sim.host) for value in values]
+                wanted = [value.replace(RECORDED_HOST, self.recorded_host_is) for value in values]
                 if got[name] != wanted:
                     problems.append(f"header {name}: {got[name]!r} != {wanted!r}")
         if "x-next-csrf-token" in want and "x-next-csrf-token" in got:
@@ -221,7 +229,7 @@ class Replay:
             if pattern is not None and not pattern.match(got):
                 problems.append(f"{where}: {got!r} does not look like {want!r}")
             self.learn(want, got, problems, where)
-        elif got != want.replace(RECORDED_HOST, self.sim.host):
+        elif got != want.replace(RECORDED_HOST, self.recorded_host_is):
             problems.append(f"{where}: {got!r} != recorded {want!r}")
 
     def compare_span(self, want: dict[str, Any], got: dict[str, Any], where: str,
@@ -295,3 +303,42 @@ def test_transcript(path: Path, replays: dict[str, Replay]) -> None:
         replays[run] = Replay(run)
     problems = replays[run].result(path.name)
     assert not problems, "\n".join([json.loads(path.read_text())["description"], *problems])
+
+
+# Quay's SERVER_HOSTNAME set to a name other than the one clients use for the API: the registry
+# must announce it (realm PREFERRED_URL_SCHEME://SERVER_HOSTNAME/v2/auth, service, JWT audience)
+# while the API's answers keep following the request's host.
+OTHER_SERVER_HOSTNAME = "registry.example.test:5000"
+RUN_A = [f for f in FILES if run_of(f.name) == "A"]
+_renamed: dict[str, Replay] = {}
+
+
+@pytest.fixture(scope="module")
+def renamed() -> Any:
+    yield _renamed
+    for replay in _renamed.values():
+        replay.sim.stop()
+        assert not replay.sim.server_errors, replay.sim.server_errors
+    _renamed.clear()
+
+
+@pytest.mark.parametrize("path", RUN_A, ids=[f.stem for f in RUN_A])
+def test_transcript_with_another_server_hostname(path: Path, renamed: dict[str, Replay]) -> None:
+    if "A" not in renamed:
+        renamed["A"] = Replay("A", server_hostname=OTHER_SERVER_HOSTNAME)
+    problems = renamed["A"].result(path.name)
+    assert not problems, "\n".join([json.loads(path.read_text())["description"], *problems])
+
+
+def test_another_server_hostname_is_announced_exactly() -> None:
+    with QuaySimulator(server_hostname=OTHER_SERVER_HOSTNAME) as sim:
+        conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=10)
+        try:
+            conn.request("GET", "/v2/")
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+    assert response.status == 401
+    assert response.getheader("WWW-Authenticate") == (
+        f'Bearer realm="http://{OTHER_SERVER_HOSTNAME}/v2/auth",service="{OTHER_SERVER_HOSTNAME}"')

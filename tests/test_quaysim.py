@@ -10,6 +10,7 @@ import contextlib
 import email.utils
 import functools
 import http.client
+import json
 import os
 import re
 import signal
@@ -355,6 +356,104 @@ def test_registry_login_with_an_app_token() -> None:
         assert client.get(TOKENS).json()["tokens"][0]["last_accessed"] is not None
         sim.advance(31)
         assert client.get("/v2/auth", headers=basic("$app", code)).status_code == 401
+
+
+def challenge(url: str) -> httpx.Response:
+    answer = httpx.get(f"{url}/v2/", timeout=5)
+    assert answer.status_code == 401
+    return answer
+
+
+def test_registry_challenge_as_recorded(sim: QuaySimulator) -> None:
+    """091: no auth on /v2/ gives 401, body ``true``, realm and service from SERVER_HOSTNAME."""
+    answer = challenge(sim.base_url)
+    assert sim.server_hostname == sim.host
+    assert answer.headers["WWW-Authenticate"] == (
+        f'Bearer realm="{sim.base_url}/v2/auth",service="{sim.host}"')
+    assert answer.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert answer.text == "true"
+    assert sim.calls == {"v2": 1}
+    assert sim.calls_by_auth == {("GET", "anonymous"): 1}
+
+
+def test_registry_auth_answers(sim: QuaySimulator) -> None:
+    """093/097/103: 200 with a JWT for a live code, 401 ``Invalid token`` otherwise."""
+    with api(sim) as client:
+        code = str(create(client)["token_code"])
+        uuid = str(client.get(TOKENS).json()["tokens"][0]["uuid"])
+    params = {"account": "$app", "service": sim.host}
+    ok = httpx.get(f"{sim.base_url}/v2/auth", params=params, headers=basic("$app", code))
+    assert ok.status_code == 200 and set(ok.json()) == {"token"}
+    assert ok.headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
+    refused = {"errors": [{"code": "UNAUTHORIZED", "detail": {}, "message": "Invalid token"}]}
+    for wrong in (code[:-4] + "XXXX", ""):
+        answer = httpx.get(f"{sim.base_url}/v2/auth", params=params, headers=basic("$app", wrong))
+        assert answer.status_code == 401 and answer.json() == refused
+        assert answer.headers["WWW-Authenticate"] == challenge(sim.base_url).headers[
+            "WWW-Authenticate"]
+    with api(sim) as client:
+        assert client.delete(f"{TOKENS}/{uuid}").status_code == 204
+    revoked = httpx.get(f"{sim.base_url}/v2/auth", params=params, headers=basic("$app", code))
+    assert revoked.status_code == 401 and revoked.json() == refused
+
+
+def test_server_hostname_differs_from_the_api_host() -> None:
+    """SERVER_HOSTNAME is announced in the realm, the service and the JWT audience only."""
+    with QuaySimulator(server_hostname="registry.example.test:5000") as sim, api(sim) as client:
+        answer = challenge(sim.base_url)
+        assert answer.headers["WWW-Authenticate"] == (
+            'Bearer realm="http://registry.example.test:5000/v2/auth",'
+            'service="registry.example.test:5000"')
+        assert sim.registry_url == "http://registry.example.test:5000"
+        code = str(create(client)["token_code"])
+        jwt = httpx.get(f"{sim.base_url}/v2/auth", headers=basic("$app", code),
+                        params={"service": "registry.example.test:5000"}).json()["token"]
+        payload = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        assert claims["aud"] == "registry.example.test:5000"
+        # The API keeps answering with the request's host in its error type URLs.
+        error = client.get(f"{TOKENS}/unknown").json()
+        assert error["type"] == f"{sim.base_url}/api/v1/error/not_found"
+
+
+def test_server_hostname_set_at_runtime_makes_a_reachable_realm() -> None:
+    """``localhost:<port>`` once the port is known: a realm on another name of the same server."""
+    with QuaySimulator() as sim, api(sim) as client:
+        sim.server_hostname = f"localhost:{sim.port}"
+        header = challenge(sim.base_url).headers["WWW-Authenticate"]
+        realm = re.fullmatch(r'Bearer realm="([^"]+)",service="([^"]+)"', header)
+        assert realm is not None and realm[2] == f"localhost:{sim.port}"
+        assert realm[1] == f"http://localhost:{sim.port}/v2/auth"
+        code = str(create(client)["token_code"])
+        assert httpx.get(realm[1], params={"service": realm[2]},
+                         headers=basic("$app", code)).status_code == 200
+        sim.server_hostname = None
+        assert sim.host in challenge(sim.base_url).headers["WWW-Authenticate"]
+
+
+def test_token_expiration_set_at_runtime() -> None:
+    """APP_SPECIFIC_TOKEN_EXPIRATION changes for new tokens only, as after a Quay restart."""
+    with QuaySimulator() as sim, api(sim) as client:
+        assert sim.token_expiration is None
+        forever = create(client, "forever")
+        sim.token_expiration = 30
+        short = create(client, "short")
+        assert forever["expiration"] is None
+        assert epoch(short["expiration"]) - epoch(short["created"]) == 30
+        # The ?expiring window follows the setting: ceil(30 s * 10%) = 3 s.
+        sim.advance(27.5)
+        assert [t["title"] for t in client.get(TOKENS, params={"expiring": "true"}
+                                               ).json()["tokens"]] == ["short"]
+        sim.advance(3)
+        assert httpx.get(f"{sim.base_url}/v2/auth", headers=basic(
+            "$app", str(short["token_code"]))).status_code == 401
+        assert httpx.get(f"{sim.base_url}/v2/auth", headers=basic(
+            "$app", str(forever["token_code"]))).status_code == 200
+        sim.token_expiration = None
+        assert create(client, "again")["expiration"] is None
+        for bad in (0, -1.0):
+            with pytest.raises(ValueError, match="token_expiration"):
+                sim.token_expiration = bad
 
 
 # -- hooks: counters, costs, faults -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``python -m tests.quaysim --port N [--tls] [--expiration S] [--oauth-cost S]``: serve until stopped."""
+"""``python -m tests.quaysim --port N [--tls] [--expiration S] [--server-hostname H] ...``: serve until stopped."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway CA")
     parser.add_argument("--expiration", type=float, default=None, metavar="SECONDS",
                         help="APP_SPECIFIC_TOKEN_EXPIRATION (default: tokens never expire)")
+    parser.add_argument("--server-hostname", default=None, metavar="HOST[:PORT]",
+                        help="SERVER_HOSTNAME the registry announces (default: 127.0.0.1:PORT)")
     parser.add_argument("--fresh-login", type=float, default=600, metavar="SECONDS",
                         help="FRESH_LOGIN_TIMEOUT for cookie sessions (default 600)")
     parser.add_argument("--oauth-cost", type=float, default=0.0, metavar="SECONDS",
@@ -28,11 +30,13 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signum, lambda *_: stop.set())
     sim = QuaySimulator(tls=args.tls, token_expiration=args.expiration,
                         fresh_login_timeout=args.fresh_login, seed_quay_testdata=args.seed,
-                        oauth_request_cost=args.oauth_cost, port=args.port).start()
+                        oauth_request_cost=args.oauth_cost, port=args.port,
+                        server_hostname=args.server_hostname).start()
     print(f"base URL:          {sim.base_url}")
     print(f"OAuth user:admin:  {ADMIN_TOKEN}")
     print(f"OAuth user:read:   {READONLY_TOKEN}  (no user:admin)")
     print(f"username/password: {USERNAME} / {PASSWORD}")
+    print(f"SERVER_HOSTNAME:   {sim.server_hostname}  (realm {sim.registry_url}/v2/auth)")
     if sim.ca_path:
         print(f"CA certificate:    {sim.ca_path}")
     print("serving until SIGINT/SIGTERM", flush=True)

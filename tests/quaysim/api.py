@@ -66,11 +66,19 @@ class Api:
     """The Quay application, minus everything the app-token flows never touch."""
 
     def __init__(self, state: State, *, base_url: str, host: str,
-                 app_specific_tokens: bool = True) -> None:
+                 server_hostname: str | None = None, app_specific_tokens: bool = True) -> None:
         self.state = state
         self.base = base_url
         self.host = host
+        self.server_hostname = self.registry_base = ""
+        self.set_server_hostname(server_hostname or host)
         self.app_specific_tokens = app_specific_tokens
+
+    def set_server_hostname(self, name: str) -> None:
+        """The registry speaks as SERVER_HOSTNAME: the realm is ``get_app_url()`` + ``/v2/auth``
+        (PREFERRED_URL_SCHEME://SERVER_HOSTNAME); the service and the JWT audience are it."""
+        self.registry_base = f"{self.base.split('://', 1)[0]}://{name}"
+        self.server_hostname = name
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -107,14 +115,14 @@ class Api:
     def handle(self, req: Request, endpoint: str, arg: str) -> views.Reply:
         ctx = _Ctx(req, cookie=_cookie(req))
         authorization = req.headers.get("authorization", "")
+        base, host = self.registry_base, self.server_hostname
         if endpoint == "v2":
-            return registry.base(self.state, authorization, base=self.base, host=self.host)
+            return registry.base(self.state, authorization, base=base, host=host)
         if endpoint == "v2_auth":
             scope = req.query.get("scope", [None])[0]
-            return registry.auth(self.state, authorization, scope, base=self.base,
-                                 host=self.host)
+            return registry.auth(self.state, authorization, scope, base=base, host=host)
         if endpoint == "v2_tags":
-            return registry.tags(self.state, authorization, arg, base=self.base, host=self.host)
+            return registry.tags(self.state, authorization, arg, base=base, host=host)
         if endpoint in ("root", "notfound"):
             reply = self._page(ctx, 200 if endpoint == "root" else 404)
         elif endpoint == "csrf":

@@ -160,8 +160,10 @@ class QuaySimulator:
     def __init__(self, tls: bool = False, token_expiration: float | None = None,
                  fresh_login_timeout: float = 600, seed_quay_testdata: bool = False,
                  oauth_request_cost: float = 0.0, session_request_cost: float = 0.0, *,
-                 app_specific_tokens: bool = True, port: int = 0) -> None:
+                 app_specific_tokens: bool = True, port: int = 0,
+                 server_hostname: str | None = None) -> None:
         self.tls = tls
+        self._server_hostname = server_hostname
         self.oauth_request_cost = oauth_request_cost
         self.session_request_cost = session_request_cost
         self.app_specific_tokens = app_specific_tokens
@@ -186,6 +188,7 @@ class QuaySimulator:
             context.load_cert_chain(files.cert, files.key)
         self._server = _Server(("127.0.0.1", self._port), self, context)
         self._api = Api(self.state, base_url=self.base_url, host=self.host,
+                        server_hostname=self.server_hostname,
                         app_specific_tokens=self.app_specific_tokens)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
@@ -223,6 +226,45 @@ class QuaySimulator:
     @property
     def base_url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def server_hostname(self) -> str:
+        """Quay's ``SERVER_HOSTNAME``: the registry name ``/v2/`` announces (default: ``host``).
+
+        Quay builds the challenge's realm from it too (``PREFERRED_URL_SCHEME://SERVER_HOSTNAME``
+        + ``/v2/auth``), so a different value must still reach this server for the realm to
+        work, e.g. ``localhost:<port>`` while the API is used as ``127.0.0.1:<port>``.
+        """
+        return self._server_hostname or self.host
+
+    @server_hostname.setter
+    def server_hostname(self, name: str | None) -> None:
+        """Change SERVER_HOSTNAME at runtime (None: back to ``host``), e.g. to a name that only
+        exists once the port is known."""
+        self._server_hostname = name
+        if self._api is not None:
+            self._api.set_server_hostname(self.server_hostname)
+
+    @property
+    def registry_url(self) -> str:
+        """``PREFERRED_URL_SCHEME://SERVER_HOSTNAME``: where the challenge's realm points."""
+        return f"{'https' if self.tls else 'http'}://{self.server_hostname}"
+
+    @property
+    def token_expiration(self) -> float | None:
+        """APP_SPECIFIC_TOKEN_EXPIRATION in seconds (None: tokens never expire)."""
+        with self.state.lock:
+            return self.state.token_expiration
+
+    @token_expiration.setter
+    def token_expiration(self, seconds: float | None) -> None:
+        """Change APP_SPECIFIC_TOKEN_EXPIRATION at runtime, as a Quay restart with a new config
+        would: tokens created from now on get it; existing tokens keep their expiration."""
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"token_expiration must be a positive number of seconds or None, "
+                             f"not {seconds!r}")
+        with self.state.lock:
+            self.state.token_expiration = seconds
 
     @property
     def ca_path(self) -> str | None:
