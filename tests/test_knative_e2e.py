@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.adapter_proc import running_adapter
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import Env, wait_for
 from tests.harness import FunctionProcess
@@ -23,55 +23,8 @@ from tests.harness import FunctionProcess
 
 @pytest.fixture(scope="module")
 def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
-    """apiserver_receive_adapter watching every DockerToken, as the ApiServerSource of knative/ sets it up."""
-    binary = subprocess.run([str(ROOT / "scripts" / "build-controlplane"), "--adapter"], check=True,
-                            stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
-    source_config = {
-        "namespaces": [], "allNamespaces": True, "mode": "Reference",
-        "resources": [{"gvr": {"Group": "quay.herve4m.github.io", "Version": "v1alpha1",
-                               "Resource": "dockertokens"}}],
-    }
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "KUBECONFIG": str(control_plane.kubeconfigs["dockertoken-source"]),
-        "K_SOURCE_CONFIG": json.dumps(source_config),
-        "K_SINK": function_proc.url + "/",
-        "NAME": "dockertoken-source",
-        "NAMESPACE": "quay-system",
-        "K_LOGGING_CONFIG": "{}",
-        "K_OBSERVABILITY_CONFIG": "{}",
-    }
-    log = Path(tempfile.mkstemp(prefix="qdt-adapter-", suffix=".log")[1])
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, "--disable-ha"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_watching(control_plane, function_proc, proc, log)
+    with running_adapter(control_plane, function_proc) as log:
         yield log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess.Popen[bytes],
-                         log: Path) -> None:
-    """Objects that exist when the adapter lists produce no event, so prove the watch is live: a
-    sentinel created now must reach the function."""
-    custom = client.CustomObjectsApi(cp.api_client())
-    client.CoreV1Api(cp.api_client()).create_namespace({"metadata": {"name": "adapter-sentinel"}})
-    for attempt in range(30):
-        assert proc.poll() is None, log.read_text()
-        name = f"sentinel-{attempt}"
-        custom.create_namespaced_custom_object(
-            "quay.herve4m.github.io", "v1alpha1", "adapter-sentinel", "dockertokens",
-            {"apiVersion": "quay.herve4m.github.io/v1alpha1", "kind": "DockerToken",
-             "metadata": {"name": name}, "spec": {"connSecretRef": {"name": "none"}, "name": "x",
-                                                  "preserveInQuayOnDeletion": True}})
-        try:
-            wait_for(lambda n=name: f'"name": "{n}"' in fn.logs(), timeout=1, what="sentinel")
-            return
-        except AssertionError:
-            continue
-    raise AssertionError(f"the adapter never delivered an event:\n{log.read_text()[-3000:]}")
 
 
 def test_real_apiserversource_adapter_drives_the_whole_lifecycle(env: Env, adapter: Path) -> None:

@@ -1,0 +1,84 @@
+"""Knative's real ApiServerSource receive adapter, watching every DockerToken and feeding the
+function, as the ApiServerSource of knative/ sets it up (Reference mode, one cluster-wide watch,
+serial delivery, its own retries of 404/413/425/429/502/503/504).
+
+Used by tests/test_knative_e2e.py and tests/test_convergence.py (module fixtures: while it runs,
+every DockerToken change of the cluster reaches the shared function process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.controlplane import ROOT, ControlPlane
+from tests.env import wait_for
+from tests.harness import FunctionProcess
+
+SENTINEL_NAMESPACE = "adapter-sentinel"
+
+
+@contextmanager
+def running_adapter(cp: ControlPlane, fn: FunctionProcess) -> Iterator[Path]:
+    """Start the adapter as the dockertoken-source identity; yields its log once it delivers."""
+    binary = subprocess.run([str(ROOT / "scripts" / "build-controlplane"), "--adapter"], check=True,
+                            stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    source_config = {
+        "namespaces": [], "allNamespaces": True, "mode": "Reference",
+        "resources": [{"gvr": {"Group": "quay.herve4m.github.io", "Version": "v1alpha1",
+                               "Resource": "dockertokens"}}],
+    }
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KUBECONFIG": str(cp.kubeconfigs["dockertoken-source"]),
+        "K_SOURCE_CONFIG": json.dumps(source_config),
+        "K_SINK": fn.url + "/",
+        "NAME": "dockertoken-source",
+        "NAMESPACE": "quay-system",
+        "K_LOGGING_CONFIG": "{}",
+        "K_OBSERVABILITY_CONFIG": "{}",
+    }
+    log = Path(tempfile.mkstemp(prefix="qdt-adapter-", suffix=".log")[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, "--disable-ha"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_watching(cp, fn, proc, log)
+        yield log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess.Popen[bytes],
+                         log: Path) -> None:
+    """Objects that exist when the adapter lists produce no event, so prove the watch is live: a
+    sentinel created now must reach the function."""
+    custom = client.CustomObjectsApi(cp.api_client())
+    try:
+        client.CoreV1Api(cp.api_client()).create_namespace({"metadata": {"name": SENTINEL_NAMESPACE}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    prefix = f"sentinel-{os.getpid()}-{len(fn.logs())}"
+    for attempt in range(30):
+        assert proc.poll() is None, log.read_text()
+        name = f"{prefix}-{attempt}"
+        custom.create_namespaced_custom_object(
+            "quay.herve4m.github.io", "v1alpha1", SENTINEL_NAMESPACE, "dockertokens",
+            {"apiVersion": "quay.herve4m.github.io/v1alpha1", "kind": "DockerToken",
+             "metadata": {"name": name}, "spec": {"connSecretRef": {"name": "none"}, "name": "x",
+                                                  "preserveInQuayOnDeletion": True}})
+        try:
+            wait_for(lambda n=name: f'"name": "{n}"' in fn.logs(), timeout=1, what="sentinel")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"the adapter never delivered an event:\n{log.read_text()[-3000:]}")
