@@ -7,6 +7,7 @@ Events are delivered the way ApiServerSource does (503 is retried with backoff).
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -174,3 +175,22 @@ def test_waits_for_names_only_younger_fresh_same_title_leases() -> None:
     # exactly one side of any pair waits, the other yields
     assert decide.yields_to([older], me, ours, now) == "ns/b"
     assert decide.yields_to([later], me, ours, now) == ""
+
+
+def test_logged_writes_and_quay_calls_are_each_events_own(env: Env) -> None:
+    """Eight adds at once on one process: the per-event log figures add up to what the API server
+    and Quay served (a shared counter diffed per event would count the others' writes too)."""
+    env.conn_secret()
+    names = [f"dt-{i}" for i in range(8)]
+    for name in names:
+        env.dockertoken(name, title=name, ret=f"{name}-pull")
+    writes, calls = env.write_count(), env.quay_calls()
+    answers = checks.run_concurrently([lambda n=n: env.send("add", n) for n in names])
+    assert [r.status_code for r in answers] == [204] * len(names)
+    lines = [json.loads(line) for line in env.fn.logs().splitlines()
+             if line.startswith("{") and f'"namespace": "{env.ns}"' in line]
+    logged = [line for line in lines if line.get("event") == "dev.knative.apiserver.ref.add"]
+    assert len(logged) == len(names)
+    assert sum(line["writes"] for line in logged) == env.write_count() - writes
+    assert sum(line["quay_calls"] for line in logged) == env.quay_calls() - calls
+    assert all(line["writes"] <= 6 for line in logged), [line["writes"] for line in logged]

@@ -138,3 +138,24 @@ def test_quay_down_for_a_while_the_first_resync_after_the_backoff_completes(env:
     env.expire_backoff()
     assert env.resync().status_code == 204
     assert env.get() is None and env.tokens() == []
+
+
+def test_deleting_an_object_that_never_made_a_token_needs_no_connection(env: Env) -> None:
+    """Its connection Secret never existed, so nothing was made in Quay: the deletion just completes."""
+    env.dockertoken()
+    assert env.send("add").status_code == 204
+    assert env.ready()["reason"] == "ConnectionSecretNotFound"
+    assert env.get()["metadata"]["finalizers"] == ["quay.herve4m.github.io/finalizer"]  # type: ignore[index]
+    env.delete()
+    assert env.send("update").status_code == 204
+    assert env.get() is None and env.quay_calls() == 0
+
+
+def test_deleting_a_refused_cross_namespace_object_needs_no_quay(env: Env) -> None:
+    env.conn_secret(namespace="default", name=f"shared-{env.ns}")
+    env.dockertoken(connSecretRef={"name": f"shared-{env.ns}", "namespace": "default"})
+    assert env.send("add").status_code == 204
+    assert env.ready()["reason"] == "CrossNamespaceRefDenied"
+    env.delete()
+    assert env.send("update").status_code == 204
+    assert env.get() is None and env.quay_calls() == 0
