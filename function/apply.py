@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,7 @@ class Outcome:
     quay_calls: int = 0
     writes: int = 0
     temporary: bool = False  # left failing because Quay was unavailable (a resync reports it)
+    claims_read: int = 0     # DockerTokens read to learn which tokens others claim
 
 
 class Apply:
@@ -121,8 +122,8 @@ class Apply:
     # -- the pass ----------------------------------------------------------------------------------
     def run(self) -> Outcome:
         plan = self.plan
-        if plan.add_finalizer:
-            self._add_finalizer()
+        if plan.add_finalizer or plan.labels:
+            self._patch_metadata()
         if plan.skip:
             self._skipped(plan.skip)
             return self.outcome
@@ -148,12 +149,16 @@ class Apply:
             out.reason, out.message = str(ready.get("reason", "")), str(ready.get("message", ""))
             out.temporary = retry.temporary
 
-    def _add_finalizer(self) -> None:
-        obj = self.kube.set_finalizers(self.dt.namespace, self.dt.name, [*self.dt.finalizers, FINALIZER],
-                                       self.dt.resource_version)
+    def _patch_metadata(self) -> None:
+        """Our finalizer before anything is made in Quay, and the claim labels (one write)."""
+        plan, dt = self.plan, self.dt
+        obj = self.kube.patch_metadata(
+            dt.namespace, dt.name, dt.resource_version,
+            finalizers=[*dt.finalizers, FINALIZER] if plan.add_finalizer else None,
+            labels=plan.labels)
         if not obj:
             raise Restart
-        self.act("add-finalizer")
+        self.act("add-finalizer" if plan.add_finalizer else "set-claim-labels")
         self.dt = DockerToken.from_object(obj)
 
     def _ensure(self) -> None:
@@ -298,8 +303,18 @@ class Apply:
         raise TemporaryError("another delivery is creating the token; retrying").with_reason(
             conditions.CREATION_IN_PROGRESS)
 
+    def _same_title(self) -> Iterator[dict[str, Any]]:
+        """The DockerTokens that may claim tokens with our title on our Quay: one labelled list,
+        whatever the size of the cluster (each object gets the label before it takes a lease)."""
+        assert self.ob.conn is not None
+        label = decide.claim_label(self.ob.conn.registry, self.dt.title)
+        self.outcome.claims_read = 0
+        for obj in self.kube.iter_dockertokens(label_selector=label):
+            self.outcome.claims_read += 1
+            yield obj
+
     def _others_once_rivals_settled(self, dt: DockerToken) -> list[dict[str, Any]]:
-        """Every DockerToken, read once no other one holds a fresh lease on our title.
+        """The same-title DockerTokens, read once no other one holds a fresh lease on our title.
 
         Both sides take their lease before looking, so at least one sees the other. The side
         holding the younger lease steps back (503; the lease is freed). The older side waits
@@ -310,7 +325,7 @@ class Apply:
         assert ours is not None
         deadline = time.monotonic() + LEASE_WAIT_SECONDS
         while True:
-            others = [decide.claim_view(o) for o in self.kube.iter_dockertokens()]
+            others = [decide.claim_view(o) for o in self._same_title()]
             rival = decide.yields_to(others, dt, ours, self.now)
             if not rival:
                 rival = decide.waits_for(others, dt, ours, self.now)
@@ -354,13 +369,13 @@ class Apply:
             self._wait_for_other_creator()
         doomed = list(plan.revoke)
         if plan.revoke_by_title:
-            claimed = decide.claimed_uuids(self.kube.iter_dockertokens(), except_uid=dt.uid)
+            claimed = decide.claimed_uuids(self._same_title(), except_uid=dt.uid)
             doomed += decide.revocable(self.quay.list_tokens(), title=dt.title, claimed=claimed)
         self._revoke(doomed, "revoke-token")
         for ref in plan.delete_secrets:
             self._delete_secret(ref)
         remaining = [f for f in dt.finalizers if f != FINALIZER]
-        self.kube.set_finalizers(dt.namespace, dt.name, remaining, dt.resource_version)
+        self.kube.patch_metadata(dt.namespace, dt.name, dt.resource_version, finalizers=remaining)
         self.act("remove-finalizer")
         self.outcome.result = "finalized"
 

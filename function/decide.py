@@ -25,7 +25,7 @@ from typing import Any
 from function import conditions, pullsecret
 from function.connection import Connection
 from function.errors import PermanentError, QuayTransient, ReconcileError
-from function.model import FINALIZER, Creation, DockerToken, Ref, Status, Token
+from function.model import CLAIM_LABEL_PREFIX, FINALIZER, Creation, DockerToken, Ref, Status, Token
 
 # A creation lease older than this is abandoned (its holder died between POST and recording
 # the UUID). Far above the longest Quay call a holder can make (timeout <= 60 s in practice).
@@ -88,6 +88,7 @@ class Plan:
     """What a pass does, in order; ``apply.py`` carries it out."""
 
     add_finalizer: bool = False
+    labels: Mapping[str, str | None] | None = None  # claim labels to add ("true") or drop (None)
     skip: str = ""                        # why nothing else is done (nothing to do, backoff)
     failure: Failure | None = None        # record this and stop
     token: TokenStep | None = None        # ensure: how to get the token
@@ -110,6 +111,7 @@ def plan(ob: Observed) -> Plan:
     if dt.deleting:
         return _plan_deletion(ob, inputs)
     add = not dt.has_finalizer
+    labels = claim_labels(dt, ob.conn.registry) if ob.conn is not None and dt.title else None
     if _backing_off(dt.status, inputs, ob.now):
         return Plan(add_finalizer=add, skip="backoff", inputs=inputs)
     try:
@@ -120,7 +122,7 @@ def plan(ob: Observed) -> Plan:
         if error is not None:
             return Plan(add_finalizer=add, failure=Failure.of(error), inputs=inputs)
     if ob.ret_secret is not None and not pullsecret.is_ours(ob.ret_secret, dt):
-        return Plan(add_finalizer=add, inputs=inputs, failure=Failure(
+        return Plan(add_finalizer=add, labels=labels, inputs=inputs, failure=Failure(
             conditions.SECRET_CONFLICT,
             f"retSecretRef: Secret {dt.ret_secret} exists and belongs to something else (no "
             "quay-dockertoken owner mark); choose another name or delete that Secret"))
@@ -130,7 +132,8 @@ def plan(ob: Observed) -> Plan:
     step, why = token_step(dt, held, verify=ob.verify, now=ob.now)
     old = dt.status.ret_secret
     return Plan(
-        add_finalizer=add, token=step, replace_reason=why, held=held, write_secret=dt.ret_secret,
+        add_finalizer=add, labels=labels, token=step, replace_reason=why, held=held,
+        write_secret=dt.ret_secret,
         delete_secrets=(old,) if old is not None and old != dt.ret_secret else (),
         revoke=dt.status.pending_revocation, inputs=inputs,
     )
@@ -159,6 +162,25 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
         return Plan(cleanup=True, failure=cleanup_blocked(error), inputs=inputs)
     return Plan(cleanup=True, delete_secrets=secrets, revoke=revoke, revoke_by_title=by_title,
                 wait_for_lease=lease is Lease.FRESH, remove_finalizer=True, inputs=inputs)
+
+
+def claim_label(registry: str, title: str) -> str:
+    """The label of the objects that may claim tokens titled ``title`` on this Quay (hashed: no
+    title in clear). The Quay account is not in it (with an OAuth token only another Quay call
+    would tell it), so objects of other accounts with that title on that Quay are read too."""
+    return CLAIM_LABEL_PREFIX + hashlib.sha256(f"{registry}\x00{title}".encode()).hexdigest()[:40]
+
+
+def claim_labels(dt: DockerToken, registry: str) -> dict[str, str | None] | None:
+    """The label changes that keep ``dt`` findable by every title it may claim a token of: its
+    spec.name, the title of the token it holds, and, while old tokens await revocation, every
+    title it had; None when nothing changes."""
+    want = {claim_label(registry, t) for t in (dt.title, dt.status.token_name) if t}
+    if dt.status.pending_revocation:
+        want |= dt.claim_labels
+    changes: dict[str, str | None] = {k: "true" for k in want - dt.claim_labels}
+    changes.update({k: None for k in dt.claim_labels - want})
+    return changes or None
 
 
 def cleanup_blocked(exc: ReconcileError) -> Failure:

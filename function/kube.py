@@ -232,11 +232,14 @@ class Kube:
         return self._request(f"get dockertoken {namespace}/{name}", "GET",
                              f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", missing_ok=True)
 
-    def iter_dockertokens(self, namespace: str | None = None,
-                          page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
-        """Every DockerToken (in one namespace, or all), a page at a time."""
+    def iter_dockertokens(self, namespace: str | None = None, page_size: int = PAGE_SIZE, *,
+                          label_selector: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every DockerToken (in one namespace, or all; those matching ``label_selector``), a page
+        at a time."""
         path = f"{_CR}/namespaces/{namespace}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
         params: dict[str, Any] = {"limit": page_size}
+        if label_selector:
+            params["labelSelector"] = label_selector
         while True:
             page = self._request("list dockertokens", "GET", path, params=params) or {}
             yield from page.get("items") or ()
@@ -244,11 +247,18 @@ class Kube:
             if not params["continue"]:
                 return
 
-    def set_finalizers(self, namespace: str, name: str, finalizers: list[str],
-                       resource_version: str) -> dict[str, Any]:
-        """Replace metadata.finalizers, conditioned on resourceVersion (409 if anyone wrote since)."""
+    def patch_metadata(self, namespace: str, name: str, resource_version: str, *,
+                       finalizers: list[str] | None = None,
+                       labels: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+        """Replace metadata.finalizers and/or merge labels, conditioned on resourceVersion (409 if
+        anyone wrote since); {} when the object is gone."""
         self.writes += 1
-        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        meta: dict[str, Any] = {"resourceVersion": resource_version}
+        if finalizers is not None:
+            meta["finalizers"] = finalizers
+        if labels:
+            meta["labels"] = dict(labels)
+        body = {"metadata": meta}
         return self._request(f"patch finalizers of {namespace}/{name}", "PATCH",
                              f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}

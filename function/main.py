@@ -90,8 +90,8 @@ def _log(fields: dict[str, Any], started: float, result: str, http: int, *,
     line = {**fields, "outcome": result, "http": http,
             "duration_ms": round((time.monotonic() - started) * 1000, 1), **extra}
     if outcome is not None:
-        line.update(actions=outcome.actions, quay_calls=outcome.quay_calls,
-                    writes=outcome.writes, reason=outcome.reason, message=outcome.message)
+        line.update(actions=outcome.actions, quay_calls=outcome.quay_calls, writes=outcome.writes,
+                    claims_read=outcome.claims_read, reason=outcome.reason, message=outcome.message)
     logger.info("%s %s/%s: %s", fields.get("event"), fields.get("namespace", "-"),
                 fields.get("name", "-"), result, extra={"fields": line})
 

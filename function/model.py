@@ -25,6 +25,10 @@ MAX_TITLE = 255
 # Changing this annotation's value asks for a reconcile now, even while a failure waits for its
 # retry time (like Flux's reconcile.fluxcd.io/requestedAt): `kubectl annotate --overwrite ...`.
 RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
+# On every DockerToken the function manages, one label per (Quay host, token title) whose tokens
+# it may claim, keyed by a hash (decide.claim_label): the claim and lease checks list only the
+# objects that can matter, whatever the size of the cluster.
+CLAIM_LABEL_PREFIX = "quay.herve4m.github.io/claims-"
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class DockerToken:
     ret_secret: Ref | None
     preserve_in_quay: bool
     reconcile_request: str
+    claim_labels: frozenset[str]
     status: Status
 
     @property
@@ -160,6 +165,7 @@ class DockerToken:
             ret_secret=_ref(spec.get("retSecretRef"), ns),
             preserve_in_quay=spec.get("preserveInQuayOnDeletion") is True,
             reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
+            claim_labels=frozenset(k for k in meta.get("labels") or {} if k.startswith(CLAIM_LABEL_PREFIX)),
             status=Status.from_object(obj.get("status")),
         )
 

@@ -69,6 +69,7 @@ def _merged(total: Outcome, last: Outcome) -> Outcome:
     total.actions += last.actions
     total.quay_calls += last.quay_calls
     total.writes += last.writes
+    total.claims_read += last.claims_read
     total.result, total.reason, total.message, total.temporary = (
         last.result, last.reason, last.message, last.temporary)
     return total
