@@ -7,7 +7,9 @@ kubernetes-validate in strict mode for the oldest and newest Kubernetes we docum
 properties a user would notice are asserted one by one, and negative tests prove the
 validators actually reject broken objects.
 
-Needs ``kubectl`` (for ``kubectl kustomize``); nothing talks to a cluster.
+Needs ``kubectl`` (for ``kubectl kustomize``). Only the RBAC check asks a real API server
+(``test_rbac_on_a_real_api_server``: SubjectAccessReviews on the control plane of
+tests/controlplane, which has knative/base/rbac.yaml applied); nothing else talks to a cluster.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ BUILTIN_KINDS = {
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
     "CronJob",
     "CustomResourceDefinition",
     "ValidatingAdmissionPolicy",
@@ -65,8 +69,9 @@ NAMESPACE = "quay-system"
 ADMISSION_POLICY = "dockertoken-tenant-isolation"
 IMAGE_NAME = "quay-dockertoken"
 RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
-BROKER_INGRESS = "http://broker-ingress.knative-eventing.svc.cluster.local/quay-system/dockertoken"
-SERVICE_URL = "http://dockertoken-reconciler.quay-system.svc.cluster.local"
+# In-cluster URLs with no cluster domain: they resolve whatever the cluster's DNS domain is.
+BROKER_INGRESS = "http://broker-ingress.knative-eventing.svc/quay-system/dockertoken"
+SERVICE_URL = "http://dockertoken-reconciler.quay-system.svc"
 # Knative Serving rejects these in the user container (k8s_validation.go reservedEnvVars).
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 
@@ -382,62 +387,123 @@ def test_no_wildcards_in_rbac() -> None:
                 assert not any("*" in s for s in _strings(rule)), (obj["metadata"]["name"], rule)
 
 
-def _documented_rbac() -> dict[tuple[str, str, str], set[str]]:
-    """The RBAC table of docs/deploy.md: (identity, API group, resource) -> verbs."""
+# (identity, namespace or "" for all namespaces, API group, resource) -> verbs
+Grants = dict[tuple[str, str, str, str], set[str]]
+
+
+def _documented_rbac() -> Grants:
+    """The RBAC table of docs/deploy.md."""
     assert DEPLOY_DOC.is_file(), f"{DEPLOY_DOC} is missing"
-    table: dict[tuple[str, str, str], set[str]] = {}
+    table: Grants = {}
     for line in DEPLOY_DOC.read_text().splitlines():
         if not line.startswith("| `dockertoken-"):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        identity, group, resources, verbs = (re.findall(r"`([^`]*)`", c) for c in cells[:4])
+        identity, where, group, resources, verbs = (re.findall(r"`([^`]*)`", c) for c in cells[:5])
+        assert where or cells[1] == "all", line
+        ns = where[0] if where else ""
         grp = "" if group == ['""'] else group[0]
         for res in resources:
-            table[(identity[0], grp, res)] = set(verbs)
+            table[(identity[0], ns, grp, res)] = set(verbs)
     return table
 
 
-def _built_rbac() -> dict[tuple[str, str, str], set[str]]:
-    table: dict[tuple[str, str, str], set[str]] = {}
-    for obj in built("base"):
-        if obj["kind"] != "ClusterRole":
+def _built_rbac(build: str = "base") -> Grants:
+    """What the bindings of a build grant each ServiceAccount of quay-system."""
+    objs = built(build)
+    roles = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
+             for o in objs if o["kind"] in ("ClusterRole", "Role")}
+    table: Grants = {}
+    for binding in objs:
+        if binding["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
             continue
-        for rule in obj["rules"]:
-            for group in rule["apiGroups"]:
-                for res in rule["resources"]:
-                    key = (obj["metadata"]["name"], group, res)
-                    table.setdefault(key, set()).update(rule["verbs"])
+        ns = binding["metadata"].get("namespace", "") if binding["kind"] == "RoleBinding" else ""
+        ref = binding["roleRef"]
+        role = roles[(ref["kind"], ns if ref["kind"] == "Role" else "", ref["name"])]
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    for res in rule["resources"]:
+                        key = (subject["name"], ns, group, res)
+                        table.setdefault(key, set()).update(rule["verbs"])
     return table
 
 
-def test_cluster_roles_are_exactly_as_documented() -> None:
+def test_rbac_is_exactly_as_documented() -> None:
     documented = _documented_rbac()
     assert {k[0] for k in documented} == {
         "dockertoken-reconciler",
         "dockertoken-source",
         "dockertoken-resync",
     }
-    assert _built_rbac() == documented
+    for build in BUILDS:
+        assert _built_rbac(build) == documented, build
 
 
 def test_function_role_is_what_the_function_needs() -> None:
     rbac = {k: v for k, v in _built_rbac().items() if k[0] == "dockertoken-reconciler"}
     assert rbac == {
-        ("dockertoken-reconciler", "quay.herve4m.github.io", "dockertokens"): {
+        ("dockertoken-reconciler", "", "quay.herve4m.github.io", "dockertokens"): {
             "get",
             "list",
             "watch",
             "patch",
             "update",
         },
-        ("dockertoken-reconciler", "quay.herve4m.github.io", "dockertokens/status"): {
+        ("dockertoken-reconciler", "", "quay.herve4m.github.io", "dockertokens/status"): {
             "get",
             "patch",
             "update",
         },
-        ("dockertoken-reconciler", "", "secrets"): {"get", "create", "update", "patch", "delete"},
-        ("dockertoken-reconciler", "", "namespaces"): {"get"},
+        ("dockertoken-reconciler", "", "", "secrets"): {"get", "create", "update", "patch", "delete"},
+        ("dockertoken-reconciler", "", "", "namespaces"): {"get"},
     }
+
+
+def test_adapter_may_record_its_events_in_quay_system_only() -> None:
+    """sink-event-error-reporting: the adapter creates, then patches, SinkSendFailed Events on the
+    ApiServerSource, which lives in quay-system."""
+    src = find(built("base"), "ApiServerSource", "dockertoken-source")
+    rbac = _built_rbac()
+    assert rbac[("dockertoken-source", src["metadata"]["namespace"], "", "events")] == {"create", "patch"}
+    assert [k for k in rbac if k[3] == "events"] == [("dockertoken-source", NAMESPACE, "", "events")]
+
+
+def _allowed(api: Any, identity: str, verb: str, group: str, resource: str, namespace: str) -> bool:
+    from kubernetes import client
+
+    review = client.AuthorizationV1Api(api).create_subject_access_review({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": f"system:serviceaccount:{NAMESPACE}:{identity}",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource.split("/")[0],
+                                   "subresource": resource.partition("/")[2], "namespace": namespace},
+        },
+    })
+    return bool(review.status.allowed)
+
+
+@pytest.mark.controlplane
+def test_rbac_on_a_real_api_server(admin_api: Any) -> None:
+    """The real authorizer grants every documented verb where the table says, and no other verb
+    of the ones RBAC knows, nor the namespaced grants anywhere else."""
+    verbs = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+    table = _documented_rbac()
+    wrong: list[str] = []
+    for identity, group, resource in {(i, g, r) for i, _, g, r in table}:
+        for where in (NAMESPACE, "some-other-namespace"):
+            granted = set().union(*(v for (i, ns, g, r), v in table.items()
+                                    if (i, g, r) == (identity, group, resource) and ns in ("", where)))
+            for verb in verbs:
+                if _allowed(admin_api, identity, verb, group, resource, where) != (verb in granted):
+                    wrong.append(f"{identity} {verb} {group}/{resource} in {where}: "
+                                 f"expected {'allowed' if verb in granted else 'denied'}")
+    assert not wrong, "\n".join(wrong)
+    # Not in the table, so not granted: e.g. the function may not record Events.
+    assert not _allowed(admin_api, "dockertoken-reconciler", "create", "", "events", NAMESPACE)
 
 
 def test_service_accounts_exist_and_are_bound() -> None:
@@ -537,6 +603,22 @@ def test_cronjob() -> None:
         assert env["RESYNC_SINK"] == sink
         assert int(env["RESYNC_CONCURRENCY"]) >= 1
         assert ctr["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_in_cluster_urls_name_no_cluster_domain() -> None:
+    """The resync posts to <service>.<namespace>.svc (Service or Broker ingress), which the pod's
+    DNS search path completes on any cluster domain; nothing names cluster.local."""
+    for build in BUILDS:
+        objs = built(build)
+        hits = [s for o in objs for s in _strings(o) if "cluster.local" in s]
+        assert not hits, (build, hits)
+    svc = _service()
+    service_url = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+    broker = find(built("broker"), "Broker", "dockertoken")
+    ingress = f"http://broker-ingress.knative-eventing.svc/{broker['metadata']['namespace']}/{broker['metadata']['name']}"
+    for build, url in (("base", service_url), ("broker", ingress)):
+        cron = find(built(build), "CronJob", "dockertoken-resync")
+        assert env_of(containers(cron)[0])["RESYNC_SINK"] == url
 
 
 def test_timeouts_are_ordered() -> None:
