@@ -1,7 +1,7 @@
 """The kustomize builds (knative/ and knative/overlays/broker) are valid and say what we mean.
 
 Every object of both builds is validated: the Knative kinds against the openAPIV3Schema of the
-real Knative CRDs (shared/schemas/knative, converted to JSON Schema with the API server's
+real Knative CRDs (tests/data/knative-schemas, converted to JSON Schema with the API server's
 strict field validation, which ``kubectl apply`` uses by default), the built-in kinds with
 kubernetes-validate in strict mode for the oldest and newest Kubernetes we document. Then the
 properties a user would notice are asserted one by one, and negative tests prove the
@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "knative"
 BROKER = ROOT / "knative" / "overlays" / "broker"
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative"
+SCHEMAS = ROOT / "tests" / "data" / "knative-schemas"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 BUILDS = {"base": BASE, "broker": BROKER}
@@ -177,7 +177,7 @@ ROOT_FIELDS = {
 @cache
 def crd_validator(path: Path, version: str) -> jsonschema.protocols.Validator:
     if not path.is_file():
-        pytest.fail(f"CRD schema {path} is missing (expected the shared Knative CRD copies)")
+        pytest.fail(f"CRD schema {path} is missing (the Knative CRD copies of tests/data)")
     crd = yaml.safe_load(path.read_text())
     (ver,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = crd_to_jsonschema(ver["schema"]["openAPIV3Schema"])

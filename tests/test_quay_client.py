@@ -50,7 +50,7 @@ from tests.quaysim import (
     QuaySimulator,
 )
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "quay-contract" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "quay-transcripts"
 RECORDED_BASE = "http://127.0.0.1:18080"
 ROBOT, ROBOT_PASSWORD = "robot", "Pa55-w0rd-for-the-robot!"
 WRONG_PASSWORD = "not-the-right-password-1234"
