@@ -7,12 +7,14 @@ import base64
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from function import kube
 from function.errors import PermanentError
 from tests.controlplane import ControlPlane
+from tests.env import G, P, V
 
 
 def _kubeconfig(tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any]) -> Path:
@@ -24,13 +26,34 @@ def _kubeconfig(tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any]) -
     return path
 
 
-def test_token_file_and_inline_ca_reach_the_real_api_server(control_plane: ControlPlane, tmp_path: Path) -> None:
+def _create_dockertokens(admin_api: Any, namespace: str, names: list[str]) -> None:
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(admin_api)
+    for name in names:
+        custom.create_namespaced_custom_object(G, V, namespace, P, {
+            "apiVersion": f"{G}/{V}", "kind": "DockerToken", "metadata": {"name": name},
+            "spec": {"connSecretRef": {"name": "quay-credentials"}, "name": name}})
+
+
+def test_token_file_and_inline_ca_reach_the_real_api_server_and_list_every_page(
+        control_plane: ControlPlane, admin_api: Any, namespace: str, tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    _create_dockertokens(admin_api, namespace, names)
     (tmp_path / "token").write_text(control_plane.tokens["dockertoken-reconciler"] + "\n")
     ca = base64.b64encode(control_plane.ca_file.read_bytes()).decode()
     path = _kubeconfig(tmp_path, {"server": control_plane.url, "certificate-authority-data": ca},
                        {"tokenFile": "token"})
-    listed = list(kube.Kube.from_kubeconfig(path).iter_dockertokens(page_size=1))
-    assert all(o["kind"] == "DockerToken" for o in listed)
+    http = kube.http_client(kube.load_config(str(path)))
+    pages: list[httpx.Request] = []
+    http.event_hooks["request"].append(pages.append)
+    with http:
+        listed = list(kube.Kube(http).iter_dockertokens(namespace, page_size=2))
+    assert sorted(o["metadata"]["name"] for o in listed) == names
+    # two pages of at most two objects: the second asked for with the first page's continue token
+    assert len(pages) == 2
+    assert "continue" not in pages[0].url.params and pages[1].url.params["continue"]
+    assert all(r.url.params["limit"] == "2" for r in pages)
 
 
 def test_a_wrong_token_is_a_permanent_error_naming_the_call(control_plane: ControlPlane, tmp_path: Path) -> None:

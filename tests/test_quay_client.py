@@ -390,7 +390,10 @@ def test_every_transcript_is_exercised() -> None:
     used |= {"060", "061", "062", "063", "064", "065", "066", "067", "068", "069", "070", "071",
              "072", "073", "074", "075", "076", "077", "078", "079", "080", "081", "082", "083",
              "084", "085", "122", "123", "124", "125", "126", "127", "128", "129", "130"}
-    assert {path.name[:3] for path in TRANSCRIPTS.glob("*.json")} <= used
+    recorded = {path.name[:3] for path in TRANSCRIPTS.glob("*.json")}
+    assert len(recorded) == 124, f"expected the 124 transcripts in {TRANSCRIPTS}, found {len(recorded)}"
+    assert recorded - used == set(), "transcripts no test plays"
+    assert used - recorded == set(), "tests name transcripts that do not exist"
 
 
 def test_session_list_on_a_stale_login_needs_no_verify() -> None:
