@@ -4,6 +4,7 @@ in a pod (ServiceAccount files), or with a kubeconfig (token, token file, inline
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,68 @@ def test_in_cluster_uses_the_service_account_files(tmp_path: Path, monkeypatch: 
 def test_a_kubeconfig_without_a_server_says_so(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="no server"):
         kube.load_config(str(_kubeconfig(tmp_path, {}, {"token": "t"})))
+
+
+# -- exec plugins (the one kubeconfig form handed to the ``kubernetes`` package) ------------------
+
+# Prints an ExecCredential carrying the token kept in argv[1], and notes each run in argv[2].
+# With argv[3] it says the token expires that many seconds from now.
+EXEC_PLUGIN = '''\
+import datetime, json, sys
+with open(sys.argv[2], "a") as runs:
+    runs.write("run\\n")
+status = {"token": open(sys.argv[1]).read().strip()}
+if len(sys.argv) > 3:
+    until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=int(sys.argv[3]))
+    status["expirationTimestamp"] = until.strftime("%Y-%m-%dT%H:%M:%SZ")
+print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": status}))
+'''
+# function.kube reads the refreshed token with get_api_key_with_prefix("authorization"), but the
+# kubernetes package files an exec plugin's token under api_key["BearerToken"]: requests go out
+# without credentials. Fix in function/kube.py (owned by the reconcile rewrite), then drop this.
+EXEC_BUG = pytest.mark.xfail(strict=True, raises=PermanentError, reason=(
+    "function.kube._from_kubernetes_loader looks the token up as 'authorization'; the kubernetes "
+    "package stores it as 'BearerToken', so exec-plugin kubeconfigs send no token (403)"))
+
+
+def _exec_kubeconfig(control_plane: ControlPlane, tmp_path: Path, identity: str,
+                     expires_in: int | None = None) -> tuple[Path, Path, Path]:
+    """A kubeconfig whose user is the exec plugin above; returns it, the token file and the run log."""
+    plugin, token, runs = tmp_path / "plugin.py", tmp_path / "plugin-token", tmp_path / "plugin-runs"
+    plugin.write_text(f"#!{sys.executable}\n{EXEC_PLUGIN}")
+    plugin.chmod(0o700)
+    token.write_text(control_plane.tokens[identity])
+    token.chmod(0o600)
+    args = [str(token), str(runs)] + ([str(expires_in)] if expires_in is not None else [])
+    path = _kubeconfig(tmp_path, {"server": control_plane.url, "certificate-authority": str(control_plane.ca_file)},
+                       {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin),
+                                 "args": args, "interactiveMode": "Never"}})
+    return path, token, runs
+
+
+@EXEC_BUG
+def test_an_exec_plugin_kubeconfig_acts_as_the_plugins_identity(
+        control_plane: ControlPlane, admin_api: Any, namespace: str, tmp_path: Path) -> None:
+    _create_dockertokens(admin_api, namespace, ["a", "b"])
+    path, _, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-resync")
+    client = kube.Kube.from_kubeconfig(path)
+    assert runs.read_text().count("run") == 1
+    # the resync identity may list DockerTokens ...
+    assert sorted(o["metadata"]["name"] for o in client.iter_dockertokens(namespace)) == ["a", "b"]
+    # ... and nothing else: so the request did carry that identity, not a stronger one
+    with pytest.raises(PermanentError, match="answered 403"):
+        client.get_secret(namespace, "any")
+
+
+@EXEC_BUG
+def test_an_expiring_exec_credential_is_fetched_again(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    # 60 s is inside the kubernetes package's 5-minute safety margin: expired on every request
+    path, token, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-resync", expires_in=60)
+    client = kube.Kube.from_kubeconfig(path)
+    with pytest.raises(PermanentError, match="answered 403"):
+        client.get_secret(namespace, "missing")
+    token.write_text(control_plane.tokens["dockertoken-reconciler"])  # the plugin's next answer
+    assert client.get_secret(namespace, "missing") is None  # 404: the reconciler may read Secrets
+    assert runs.read_text().count("run") >= 2
