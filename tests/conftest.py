@@ -10,8 +10,9 @@ import pytest
 
 from tests.controlplane import ControlPlane, find_assets
 
-# After every test, scan function logs, answers and statuses for credentials (issue 6).
-pytest_plugins = ("tests.hygiene",)
+# After every test, scan function logs, answers and statuses for credentials (issue 6); and
+# derive the RBAC check from the API server's audit log (issue 15).
+pytest_plugins = ("tests.hygiene", "tests.rbac_audit")
 
 
 @pytest.fixture(scope="session")

@@ -74,6 +74,28 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
     raise AssertionError(f"the adapter never delivered an event:\n{log.read_text()[-3000:]}")
 
 
+def test_the_adapter_identity_passes_knatives_access_check(control_plane: ControlPlane) -> None:
+    """Before Knative's ApiServerSource controller starts the adapter it asks, with one
+    SubjectAccessReview per verb and watched namespace (``runAccessCheck`` in eventing's
+    ``pkg/reconciler/apiserversource/apiserversource.go``), whether the source's ServiceAccount may
+    get, list and watch the resource; any "no" leaves the source without its adapter. With
+    ``namespaceSelector: {}`` the watched namespaces are all of them. Asked here the same way."""
+    admin = control_plane.api_client()
+    namespaces = [ns.metadata.name for ns in client.CoreV1Api(admin).list_namespace().items]
+    denied = []
+    for namespace in namespaces:
+        for verb in ("get", "list", "watch"):
+            review = client.AuthorizationV1Api(admin).create_subject_access_review({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": "system:serviceaccount:quay-system:dockertoken-source",
+                         "resourceAttributes": {"namespace": namespace, "verb": verb,
+                                                "group": "quay.herve4m.github.io",
+                                                "resource": "dockertokens"}}})
+            if not review.status.allowed:
+                denied.append(f"{verb} in {namespace}")
+    assert "quay-system" in namespaces and not denied, denied
+
+
 def test_real_apiserversource_adapter_drives_the_whole_lifecycle(env: Env, adapter: Path) -> None:
     """No event is posted by the test: every change reaches the function through the adapter."""
     env.conn_secret()

@@ -16,6 +16,7 @@ from function import kube
 from function.errors import PermanentError
 from tests.controlplane import ControlPlane
 from tests.env import G, P, V
+from tests.rbac_audit import PROBE_AGENT
 
 
 def _kubeconfig(tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any]) -> Path:
@@ -25,6 +26,13 @@ def _kubeconfig(tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any]) -
         "clusters": [{"name": "k", "cluster": cluster}], "users": [{"name": "u", "user": user}],
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
     return path
+
+
+def _probe(path: Path) -> kube.Kube:
+    """``Kube.from_kubeconfig(path)``, its requests marked as a test's (left out of the RBAC audit)."""
+    client = kube.Kube.from_kubeconfig(path)
+    client._http.headers["User-Agent"] = PROBE_AGENT
+    return client
 
 
 def _create_dockertokens(admin_api: Any, namespace: str, names: list[str]) -> None:
@@ -45,11 +53,10 @@ def test_token_file_and_inline_ca_reach_the_real_api_server_and_list_every_page(
     ca = base64.b64encode(control_plane.ca_file.read_bytes()).decode()
     path = _kubeconfig(tmp_path, {"server": control_plane.url, "certificate-authority-data": ca},
                        {"tokenFile": "token"})
-    http = kube.http_client(kube.load_config(str(path)))
+    client = _probe(path)
     pages: list[httpx.Request] = []
-    http.event_hooks["request"].append(pages.append)
-    with http:
-        listed = list(kube.Kube(http).iter_dockertokens(namespace, page_size=2))
+    client._http.event_hooks["request"].append(pages.append)
+    listed = list(client.iter_dockertokens(namespace, page_size=2))
     assert sorted(o["metadata"]["name"] for o in listed) == names
     # two pages of at most two objects: the second asked for with the first page's continue token
     assert len(pages) == 2
@@ -129,7 +136,7 @@ def test_an_exec_plugin_kubeconfig_acts_as_the_plugins_identity(
         control_plane: ControlPlane, admin_api: Any, namespace: str, tmp_path: Path) -> None:
     _create_dockertokens(admin_api, namespace, ["a", "b"])
     path, _, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-resync")
-    client = kube.Kube.from_kubeconfig(path)
+    client = _probe(path)
     assert runs.read_text().count("run") == 1
     # the resync identity may list DockerTokens ...
     assert sorted(o["metadata"]["name"] for o in client.iter_dockertokens(namespace)) == ["a", "b"]
@@ -143,7 +150,7 @@ def test_an_expiring_exec_credential_is_fetched_again(
         control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
     # 60 s is inside the kubernetes package's 5-minute safety margin: expired on every request
     path, token, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-resync", expires_in=60)
-    client = kube.Kube.from_kubeconfig(path)
+    client = _probe(path)
     with pytest.raises(PermanentError, match="answered 403"):
         client.get_secret(namespace, "missing")
     token.write_text(control_plane.tokens["dockertoken-reconciler"])  # the plugin's next answer

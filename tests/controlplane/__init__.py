@@ -4,12 +4,15 @@ Used by the pytest fixtures in ``tests/conftest.py``, by ``scripts/demo`` and by
 The binaries come from ``scripts/build-controlplane`` (or ``KUBEBUILDER_ASSETS``). Identities are
 static bearer tokens: an admin in ``system:masters``, and one per ServiceAccount of ``knative/``
 (``system:serviceaccount:quay-system:<name>``), so RBAC binds them exactly as in a cluster.
+The API server keeps an audit log of every request those ServiceAccounts make, and of every
+SubjectAccessReview (``audit_events()``); ``tests/rbac_audit.py`` derives the RBAC check from it.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -34,6 +37,20 @@ SA_NAMESPACE = "quay-system"
 SERVICE_ACCOUNTS = ("dockertoken-reconciler", "dockertoken-source", "dockertoken-resync")
 # Objects from knative/ that every test needs: the CRD, the namespace and the RBAC.
 BOOTSTRAP_FILES = ("namespace.yaml", "crd-dockertoken.yaml", "rbac.yaml")
+# Audit: what the ServiceAccounts do (Metadata: verb, resource, namespace, decision, user agent),
+# and SubjectAccessReviews with their answer (Knative's ApiServerSource controller checks the
+# adapter's rights that way before it starts the adapter). Nothing else is logged.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "RequestResponse", "verbs": ["create"],
+         "resources": [{"group": "authorization.k8s.io", "resources": ["subjectaccessreviews"]}]},
+        {"level": "Metadata", "users": [f"system:serviceaccount:{SA_NAMESPACE}:{sa}" for sa in SERVICE_ACCOUNTS]},
+        {"level": "None"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -130,6 +147,7 @@ class ControlPlane:
     kubeconfigs: dict[str, Path] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     startup_seconds: float = 0.0
+    audit_log: Path = Path()
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __enter__(self) -> ControlPlane:
@@ -154,6 +172,9 @@ class ControlPlane:
             lines.append(f'{self.tokens[sa]},{user},{sa},"{groups}"')
         token_file = certs / "tokens.csv"
         token_file.write_text("\n".join(lines) + "\n")
+        audit_policy = certs / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.audit_log = self.workdir / "audit.log"
 
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -192,6 +213,10 @@ class ControlPlane:
                 "--service-account-signing-key-file", str(certs / "sa.key"),
                 "--disable-admission-plugins", "ServiceAccount",
                 "--allow-privileged=true",
+                "--audit-policy-file", str(audit_policy),
+                "--audit-log-path", str(self.audit_log),
+                "--audit-log-format", "json",
+                "--audit-log-mode", "blocking",  # an event is on disk before its answer is sent
                 "--v=1",
             ],
         )
@@ -273,6 +298,12 @@ class ControlPlane:
                          headers={"Authorization": f"Bearer {self.tokens['admin']}"}).text
         return [(dict(re.findall(r'(\w+)="([^"]*)"', line)), int(float(line.rsplit(" ", 1)[1])))
                 for line in text.splitlines() if line.startswith("apiserver_request_total{")]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit event so far (one per request and stage; see AUDIT_POLICY for which)."""
+        if not self.audit_log.is_file():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
     def api_client(self, identity: str = "admin") -> Any:
         """A kubernetes ApiClient for one of the identities (admin or a ServiceAccount name)."""
