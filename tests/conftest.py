@@ -33,7 +33,7 @@ def namespace(admin_api: Any) -> str:
     from kubernetes import client
 
     name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
+    client.CoreV1Api(admin_api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     return name
 
 

@@ -3,18 +3,19 @@ Knative's real ApiServerSource receive adapter feeding the function, and the res
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import Env, wait_for
@@ -57,7 +58,8 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
     """Objects that exist when the adapter lists produce no event, so prove the watch is live: a
     sentinel created now must reach the function."""
     custom = client.CustomObjectsApi(cp.api_client())
-    client.CoreV1Api(cp.api_client()).create_namespace({"metadata": {"name": "adapter-sentinel"}})
+    client.CoreV1Api(cp.api_client()).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name="adapter-sentinel")))
     for attempt in range(30):
         assert proc.poll() is None, log.read_text()
         name = f"sentinel-{attempt}"
@@ -67,11 +69,15 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
              "metadata": {"name": name}, "spec": {"connSecretRef": {"name": "none"}, "name": "x",
                                                   "preserveInQuayOnDeletion": True}})
         try:
-            wait_for(lambda n=name: f'"name": "{n}"' in fn.logs(), timeout=1, what="sentinel")
+            wait_for(functools.partial(_delivered, fn, name), timeout=1, what="sentinel")
             return
         except AssertionError:
             continue
     raise AssertionError(f"the adapter never delivered an event:\n{log.read_text()[-3000:]}")
+
+
+def _delivered(fn: FunctionProcess, name: str) -> bool:
+    return f'"name": "{name}"' in fn.logs()
 
 
 def test_the_adapter_identity_passes_knatives_access_check(control_plane: ControlPlane) -> None:
@@ -81,17 +87,18 @@ def test_the_adapter_identity_passes_knatives_access_check(control_plane: Contro
     get, list and watch the resource; any "no" leaves the source without its adapter. With
     ``namespaceSelector: {}`` the watched namespaces are all of them. Asked here the same way."""
     admin = control_plane.api_client()
-    namespaces = [ns.metadata.name for ns in client.CoreV1Api(admin).list_namespace().items]
+    namespaces = [ns.metadata.name for ns in client.CoreV1Api(admin).list_namespace().items
+                  if ns.metadata and ns.metadata.name]
     denied = []
     for namespace in namespaces:
         for verb in ("get", "list", "watch"):
-            review = client.AuthorizationV1Api(admin).create_subject_access_review({
-                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                "spec": {"user": "system:serviceaccount:quay-system:dockertoken-source",
-                         "resourceAttributes": {"namespace": namespace, "verb": verb,
-                                                "group": "quay.herve4m.github.io",
-                                                "resource": "dockertokens"}}})
-            if not review.status.allowed:
+            review = client.AuthorizationV1Api(admin).create_subject_access_review(
+                client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+                    user="system:serviceaccount:quay-system:dockertoken-source",
+                    resource_attributes=client.V1ResourceAttributes(
+                        namespace=namespace, verb=verb, group="quay.herve4m.github.io",
+                        resource="dockertokens"))))
+            if not (review.status and review.status.allowed):
                 denied.append(f"{verb} in {namespace}")
     assert "quay-system" in namespaces and not denied, denied
 
@@ -157,9 +164,11 @@ def test_resync_identity_can_only_list_dockertokens(control_plane: ControlPlane,
     api = control_plane.api_client("dockertoken-resync")
     custom = client.CustomObjectsApi(api)
     assert custom.list_cluster_custom_object("quay.herve4m.github.io", "v1alpha1", "dockertokens")
-    for call in (lambda: client.CoreV1Api(api).read_namespaced_secret("x", namespace),
-                 lambda: custom.get_namespaced_custom_object(
-                     "quay.herve4m.github.io", "v1alpha1", namespace, "dockertokens", "x")):
+    calls: list[Callable[[], object]] = [
+        lambda: client.CoreV1Api(api).read_namespaced_secret("x", namespace),
+        lambda: custom.get_namespaced_custom_object(
+            "quay.herve4m.github.io", "v1alpha1", namespace, "dockertokens", "x")]
+    for call in calls:
         with pytest.raises(ApiException) as err:
             call()
         assert err.value.status == 403

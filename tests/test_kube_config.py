@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from function import kube
-from function.errors import PermanentError
+from function.errors import KubeTransient, PermanentError
 from tests.controlplane import ControlPlane
 from tests.env import G, P, V
 from tests.rbac_audit import PROBE_AGENT
@@ -73,7 +73,7 @@ def test_a_wrong_token_is_a_permanent_error_naming_the_call(control_plane: Contr
 
 def test_an_unreachable_api_server_is_transient(tmp_path: Path) -> None:
     path = _kubeconfig(tmp_path, {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}, {"token": "t"})
-    with pytest.raises(kube.KubeTransient, match="unreachable"):
+    with pytest.raises(KubeTransient, match="unreachable"):
         kube.Kube.from_kubeconfig(path).get_secret("ns", "x")
 
 

@@ -26,7 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -261,7 +261,8 @@ class ControlPlane:
         while time.monotonic() < deadline:
             for proc in self._procs:
                 if proc.poll() is not None:
-                    raise ControlPlaneError(f"{proc.args[0]} exited with {proc.returncode}\n{self.logs()}")
+                    name = Path(str(cast(list[str], proc.args)[0])).name
+                    raise ControlPlaneError(f"{name} exited with {proc.returncode}\n{self.logs()}")
             req = urllib.request.Request(
                 f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.tokens['admin']}"}
             )
@@ -309,16 +310,18 @@ class ControlPlane:
         """A kubernetes ApiClient for one of the identities (admin or a ServiceAccount name)."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
+        loader: Any = config  # untyped
+        return loader.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
 
     def apply_file(self, path: Path) -> None:
         """Create every object of a YAML file as admin (what ``kubectl create -f`` does)."""
         from kubernetes import utils
 
         api = self.api_client()
+        creator: Any = utils  # untyped
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                utils.create_from_dict(api, doc)
+                creator.create_from_dict(api, doc)
 
     def _bootstrap(self) -> None:
         for name in BOOTSTRAP_FILES:
@@ -332,7 +335,7 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             crd = ext.read_custom_resource_definition("dockertokens.quay.herve4m.github.io")
-            conds = {c.type: c.status for c in (crd.status.conditions or [])}
+            conds = {c.type: c.status for c in ((crd.status and crd.status.conditions) or [])}
             if conds.get("Established") == "True":
                 return
             time.sleep(0.1)
