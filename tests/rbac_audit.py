@@ -204,9 +204,9 @@ def used_but_not_granted(used: dict[Right, Use], granted: set[Right]) -> list[st
 
 
 def granted_but_not_used(used: dict[Right, Use], granted: set[Right]) -> list[str]:
-    return [f"{right}: granted by {RBAC_FILE.relative_to(ROOT)} but no {IDENTITIES[right.identity]} "
-            f"request and no access check used it in the whole suite; remove it, or test the code "
-            f"that needs it" for right in sorted(granted - set(used))]
+    return [f"{right}: granted by {RBAC_FILE.relative_to(ROOT)} but no request of "
+            f"{IDENTITIES[right.identity]} and no access check used it in the whole suite; remove "
+            f"it, or test the code that needs it" for right in sorted(granted - set(used))]
 
 
 # -- plugin hooks --------------------------------------------------------------------------------
