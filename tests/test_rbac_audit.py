@@ -116,3 +116,14 @@ def test_grants_come_from_the_bindings(tmp_path: Path) -> None:
     assert rbac_audit.granted_rights(rbac) == {
         rbac_audit.Right("dockertoken-resync", verb, "", resource)
         for verb in ("get", "list") for resource in ("secrets", "configmaps")}
+
+
+def test_an_unused_grant_is_named_with_identity_verb_and_resource() -> None:
+    used = rbac_audit.used_rights([_event("1", SA + "dockertoken-resync", "list", "dockertokens",
+                                          group="quay.herve4m.github.io")])
+    granted = {rbac_audit.Right("dockertoken-resync", verb, "quay.herve4m.github.io", "dockertokens")
+               for verb in ("list", "watch")}
+    assert rbac_audit.granted_but_not_used(used, granted) == [
+        "dockertoken-resync watch dockertokens (quay.herve4m.github.io): granted by knative/base/rbac.yaml "
+        "but no request of the resync job and no access check used it in the whole suite; remove it, or "
+        "test the code that needs it"]
