@@ -154,7 +154,7 @@ def _from_kubernetes_loader(path: Path) -> ClusterConfig:
     cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file and cfg.key_file else None
 
     def token() -> str:  # refreshed by the exec plugin / auth provider hook when it expires
-        header = cfg.get_api_key_with_prefix("authorization") or ""
+        header = cfg.get_api_key_with_prefix("BearerToken") or ""
         return str(header).removeprefix("Bearer ").strip()
 
     return ClusterConfig(cfg.host, _tls(cfg.ssl_ca_cert, cert=cert, insecure=not cfg.verify_ssl), token)

@@ -8,6 +8,7 @@ every DockerToken change of the cluster reaches the shared function process).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -15,9 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import wait_for
@@ -63,7 +65,8 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
     sentinel created now must reach the function."""
     custom = client.CustomObjectsApi(cp.api_client())
     try:
-        client.CoreV1Api(cp.api_client()).create_namespace({"metadata": {"name": SENTINEL_NAMESPACE}})
+        core: Any = client.CoreV1Api(cp.api_client())
+        core.create_namespace({"metadata": {"name": SENTINEL_NAMESPACE}})
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -77,8 +80,12 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
              "metadata": {"name": name}, "spec": {"connSecretRef": {"name": "none"}, "name": "x",
                                                   "preserveInQuayOnDeletion": True}})
         try:
-            wait_for(lambda n=name: f'"name": "{n}"' in fn.logs(), timeout=1, what="sentinel")
+            wait_for(functools.partial(_delivered, fn, name), timeout=1, what="sentinel")
             return
         except AssertionError:
             continue
     raise AssertionError(f"the adapter never delivered an event:\n{log.read_text()[-3000:]}")
+
+
+def _delivered(fn: FunctionProcess, name: str) -> bool:
+    return f'"name": "{name}"' in fn.logs()

@@ -10,8 +10,9 @@ import pytest
 
 from tests.controlplane import ControlPlane, find_assets
 
-# After every test, scan function logs, answers and statuses for credentials (issue 6).
-pytest_plugins = ("tests.hygiene",)
+# After every test, scan function logs, answers and statuses for credentials (issue 6); and
+# derive the RBAC check from the API server's audit log (issue 15).
+pytest_plugins = ("tests.hygiene", "tests.rbac_audit")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +33,7 @@ def namespace(admin_api: Any) -> str:
     from kubernetes import client
 
     name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
+    client.CoreV1Api(admin_api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     return name
 
 

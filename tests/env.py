@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests import harness
 from tests.controlplane import ControlPlane
@@ -82,8 +82,9 @@ class Env:
     def secret(self, name: str = "dockertoken-sample-ret-secret",
                namespace: str | None = None) -> dict[str, Any] | None:
         try:
-            return self.admin.sanitize_for_serialization(
+            found: dict[str, Any] = self.admin.sanitize_for_serialization(
                 self.core.read_namespaced_secret(name, namespace or self.ns))
+            return found
         except ApiException as exc:
             if exc.status == 404:
                 return None

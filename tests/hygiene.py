@@ -130,7 +130,7 @@ def _cluster_sources(api_client: Any, scanner: Scanner,
 
     from kubernetes import client
 
-    custom = client.CustomObjectsApi(api_client)
+    custom: Any = client.CustomObjectsApi(api_client)  # answers plain dicts
     core = client.CoreV1Api(api_client)
     group, version, plural = "quay.herve4m.github.io", "v1alpha1", "dockertokens"
     if namespace is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from function.errors import ConfigError
 from function.model import DockerToken
@@ -75,7 +75,7 @@ def test_the_crd_refuses_a_bad_spec_name_naming_the_field(env: Env, title: str) 
     with pytest.raises(ApiException) as caught:
         env.dockertoken(title=title)
     assert caught.value.status == 422
-    assert "spec.name" in caught.value.body
+    assert "spec.name" in str(caught.value.body)
     assert env.get() is None
 
 

@@ -7,6 +7,7 @@ Events are delivered the way ApiServerSource does (503 is retried with backoff).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ def second_proc(control_plane: ControlPlane) -> Iterator[harness.FunctionProcess
 def _split(env: Env, second: harness.FunctionProcess, verb: str, name: str) -> list[Any]:
     urls = [env.fn.url if i % 2 == 0 else second.url for i in range(DELIVERIES)]
     return checks.run_concurrently(
-        [lambda url=url: checks.deliver(env, verb, name, url=url) for url in urls])
+        [functools.partial(checks.deliver, env, verb, name, url=url) for url in urls])
 
 
 def test_sixteen_concurrent_adds_on_two_processes_create_one_token(
@@ -69,7 +70,7 @@ def test_concurrent_adds_after_a_revocation_replace_the_token_once(
               harness.apiserver_event("update", obj) for i in range(DELIVERIES)]
     urls = [env.fn.url, second_proc.url] * (DELIVERIES // 2)
     answers = checks.run_concurrently(
-        [lambda u=u, e=e: harness.deliver(u, e) for u, e in zip(urls, events, strict=True)])
+        [functools.partial(harness.deliver, u, e) for u, e in zip(urls, events, strict=True)])
     assert {r.status_code for r in answers} == {204}, [r.text for r in answers]
     # the resyncs notice the revocation; the plain updates must not clear their lease
     assert checks.deliver(env, "update").status_code == 204
@@ -190,7 +191,7 @@ def test_logged_writes_and_quay_calls_are_each_events_own(env: Env) -> None:
     for name in names:
         env.dockertoken(name, title=name, ret=f"{name}-pull")
     writes, calls = env.write_count(), env.quay_calls()
-    answers = checks.run_concurrently([lambda n=n: env.send("add", n) for n in names])
+    answers = checks.run_concurrently([functools.partial(env.send, "add", n) for n in names])
     assert [r.status_code for r in answers] == [204] * len(names)
     lines = [json.loads(line) for line in env.fn.logs().splitlines()
              if line.startswith("{") and f'"namespace": "{env.ns}"' in line]

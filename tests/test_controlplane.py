@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.controlplane import ControlPlane
 
@@ -34,18 +34,17 @@ def test_schema_rejects_a_dockertoken_without_connsecretref(admin_api: Any, name
     with pytest.raises(ApiException) as err:
         client.CustomObjectsApi(admin_api).create_namespaced_custom_object(G, V, namespace, P, body)
     assert err.value.status == 422
-    assert "spec.connSecretRef" in err.value.body
+    assert "spec.connSecretRef" in str(err.value.body)
 
 
 def test_schema_defaults_preserve_in_quay_on_deletion(admin_api: Any, namespace: str) -> None:
-    obj = client.CustomObjectsApi(admin_api).create_namespaced_custom_object(
-        G, V, namespace, P, _token("defaults")
-    )
+    api: Any = client.CustomObjectsApi(admin_api)
+    obj = api.create_namespaced_custom_object(G, V, namespace, P, _token("defaults"))
     assert obj["spec"]["preserveInQuayOnDeletion"] is False
 
 
 def test_stale_resource_version_gets_409(admin_api: Any, namespace: str) -> None:
-    api = client.CustomObjectsApi(admin_api)
+    api: Any = client.CustomObjectsApi(admin_api)
     obj = api.create_namespaced_custom_object(G, V, namespace, P, _token("stale"))
     stale = obj["metadata"]["resourceVersion"]
     api.patch_namespaced_custom_object(G, V, namespace, P, "stale", {"metadata": {"labels": {"a": "1"}}})
@@ -57,7 +56,7 @@ def test_stale_resource_version_gets_409(admin_api: Any, namespace: str) -> None
 
 
 def test_finalizer_holds_deletion_until_removed(admin_api: Any, namespace: str) -> None:
-    api = client.CustomObjectsApi(admin_api)
+    api: Any = client.CustomObjectsApi(admin_api)
     body = _token("held")
     body["metadata"]["finalizers"] = ["quay.herve4m.github.io/finalizer"]
     api.create_namespaced_custom_object(G, V, namespace, P, body)
@@ -79,10 +78,10 @@ def test_function_identity_has_exactly_its_role(control_plane: ControlPlane, nam
         client.CoreV1Api(fn).list_namespaced_secret(namespace)  # get, never list, on Secrets
     assert err.value.status == 403
     created = client.CoreV1Api(fn).create_namespaced_secret(
-        namespace, {"metadata": {"name": "ret"}, "stringData": {"k": "v"}}
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="ret"), string_data={"k": "v"})
     )
-    assert created.metadata.name == "ret"
-    api = client.CustomObjectsApi(fn)
+    assert created.metadata and created.metadata.name == "ret"
+    api: Any = client.CustomObjectsApi(fn)  # custom objects come back as plain dicts
     assert api.list_cluster_custom_object(G, V, P)["kind"] == "DockerTokenList"
     with pytest.raises(ApiException) as err:  # creating DockerTokens is the user's job
         api.create_namespaced_custom_object(G, V, namespace, P, _token("x"))

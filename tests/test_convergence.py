@@ -55,7 +55,8 @@ def _deliveries(fn: FunctionProcess, namespace: str) -> list[dict[str, Any]]:
 
 def _new_env(cp: ControlPlane, fn: FunctionProcess, stack: ExitStack, **sim: Any) -> Env:
     ns = f"c-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(cp.api_client()).create_namespace({"metadata": {"name": ns}})
+    core: Any = client.CoreV1Api(cp.api_client())
+    core.create_namespace({"metadata": {"name": ns}})
     return Env(cp, ns, stack.enter_context(QuaySimulator(**sim)), fn)
 
 

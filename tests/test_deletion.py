@@ -30,7 +30,7 @@ def _created(env: Env, **conn: str) -> str:
 def _assert_blocked(env: Env, *words: str) -> str:
     ready = env.ready()
     assert ready["status"] == "False" and ready["reason"] == "CleanupBlocked", ready
-    message = ready["message"]
+    message = str(ready["message"])
     # the way out is always spelled out
     assert "preserveInQuayOnDeletion: true" in message and "quay.herve4m.github.io/finalizer" in message
     for word in words:

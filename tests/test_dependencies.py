@@ -22,11 +22,11 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 def lock(name: str) -> dict[str, tuple[str, frozenset[str]]]:
     """A pip-compile lock: canonical name -> (version, hashes)."""
     text = (ROOT / name).read_text().replace("\\\n", " ")
-    pins = {}
+    pins: dict[str, tuple[str, frozenset[str]]] = {}
     for line in text.splitlines():
         m = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)(.*)", line)
         if m:
-            pins[canonicalize_name(m.group(1))] = (
+            pins[str(canonicalize_name(m.group(1)))] = (
                 m.group(2), frozenset(re.findall(r"--hash=(sha256:[0-9a-f]{64})", m.group(3))))
     return pins
 

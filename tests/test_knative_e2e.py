@@ -7,13 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from tests.adapter_proc import running_adapter
 from tests.controlplane import ROOT, ControlPlane
@@ -25,6 +25,29 @@ from tests.harness import FunctionProcess
 def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
     with running_adapter(control_plane, function_proc) as log:
         yield log
+
+
+def test_the_adapter_identity_passes_knatives_access_check(control_plane: ControlPlane) -> None:
+    """Before Knative's ApiServerSource controller starts the adapter it asks, with one
+    SubjectAccessReview per verb and watched namespace (``runAccessCheck`` in eventing's
+    ``pkg/reconciler/apiserversource/apiserversource.go``), whether the source's ServiceAccount may
+    get, list and watch the resource; any "no" leaves the source without its adapter. With
+    ``namespaceSelector: {}`` the watched namespaces are all of them. Asked here the same way."""
+    admin = control_plane.api_client()
+    namespaces = [ns.metadata.name for ns in client.CoreV1Api(admin).list_namespace().items
+                  if ns.metadata and ns.metadata.name]
+    denied = []
+    for namespace in namespaces:
+        for verb in ("get", "list", "watch"):
+            review = client.AuthorizationV1Api(admin).create_subject_access_review(
+                client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+                    user="system:serviceaccount:quay-system:dockertoken-source",
+                    resource_attributes=client.V1ResourceAttributes(
+                        namespace=namespace, verb=verb, group="quay.herve4m.github.io",
+                        resource="dockertokens"))))
+            if not (review.status and review.status.allowed):
+                denied.append(f"{verb} in {namespace}")
+    assert "quay-system" in namespaces and not denied, denied
 
 
 def test_real_apiserversource_adapter_drives_the_whole_lifecycle(env: Env, adapter: Path) -> None:
@@ -88,9 +111,11 @@ def test_resync_identity_can_only_list_dockertokens(control_plane: ControlPlane,
     api = control_plane.api_client("dockertoken-resync")
     custom = client.CustomObjectsApi(api)
     assert custom.list_cluster_custom_object("quay.herve4m.github.io", "v1alpha1", "dockertokens")
-    for call in (lambda: client.CoreV1Api(api).read_namespaced_secret("x", namespace),
-                 lambda: custom.get_namespaced_custom_object(
-                     "quay.herve4m.github.io", "v1alpha1", namespace, "dockertokens", "x")):
+    calls: list[Callable[[], object]] = [
+        lambda: client.CoreV1Api(api).read_namespaced_secret("x", namespace),
+        lambda: custom.get_namespaced_custom_object(
+            "quay.herve4m.github.io", "v1alpha1", namespace, "dockertokens", "x")]
+    for call in calls:
         with pytest.raises(ApiException) as err:
             call()
         assert err.value.status == 403

@@ -59,7 +59,7 @@ from tests.quaysim import (
     QuaySimulator,
 )
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "quay-contract" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "quay-transcripts"
 RECORDED_BASE = "http://127.0.0.1:18080"
 ROBOT, ROBOT_PASSWORD = "robot", "Pa55-w0rd-for-the-robot!"
 WRONG_PASSWORD = "not-the-right-password-1234"
@@ -399,7 +399,10 @@ def test_every_transcript_is_exercised() -> None:
     used |= {"060", "061", "062", "063", "064", "065", "066", "067", "068", "069", "070", "071",
              "072", "073", "074", "075", "076", "077", "078", "079", "080", "081", "082", "083",
              "084", "085", "122", "123", "124", "125", "126", "127", "128", "129", "130"}
-    assert {path.name[:3] for path in TRANSCRIPTS.glob("*.json")} <= used
+    recorded = {path.name[:3] for path in TRANSCRIPTS.glob("*.json")}
+    assert len(recorded) == 124, f"expected the 124 transcripts in {TRANSCRIPTS}, found {len(recorded)}"
+    assert recorded - used == set(), "transcripts no test plays"
+    assert used - recorded == set(), "tests name transcripts that do not exist"
 
 
 def test_session_list_on_a_stale_login_needs_no_verify() -> None:

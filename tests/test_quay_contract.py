@@ -1,6 +1,6 @@
 """Replay every recorded Quay transcript against the simulator over real HTTP.
 
-Each file of ``shared/quay-contract/transcripts`` is one test. Within a server run (A: 001-103,
+Each file of ``tests/data/quay-transcripts`` is one test. Within a server run (A: 001-103,
 B: 110-116, C: 120-137) the files are sent in recording order to one simulator configured like
 that run, so uuids, token codes, cookies, CSRF tokens and registry JWTs created by earlier files
 are mapped to the simulator's own values. A response matches when the status, the header names,
@@ -24,7 +24,7 @@ import pytest
 
 from tests.quaysim import QuaySimulator
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "quay-contract" / "transcripts"
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "quay-transcripts"
 FILES = sorted(TRANSCRIPTS.glob("*.json"))
 RECORDED_HOST = "127.0.0.1:18080"
 
@@ -292,7 +292,7 @@ def replays() -> Any:
 def test_transcripts_are_present() -> None:
     assert len(FILES) == 124, (
         f"expected the 124 recorded transcripts in {TRANSCRIPTS}; found {len(FILES)}. "
-        "The shared folder must sit next to the repository (../shared)."
+        "They are part of the repository (tests/data/README.md)."
     )
 
 

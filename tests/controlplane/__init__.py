@@ -4,13 +4,16 @@ Used by the pytest fixtures in ``tests/conftest.py``, by ``scripts/demo`` and by
 The binaries come from ``scripts/build-controlplane`` (or ``KUBEBUILDER_ASSETS``). Identities are
 static bearer tokens: an admin in ``system:masters``, one per ServiceAccount of ``knative/``
 (``system:serviceaccount:quay-system:<name>``) and the tenants of ``TENANTS``, so RBAC binds them
-exactly as in a cluster.
+exactly as in a cluster. The API server keeps an audit log of every request those
+ServiceAccounts make, and of every SubjectAccessReview (``audit_events()``);
+``tests/rbac_audit.py`` derives the RBAC check from it.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -24,7 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -46,6 +49,20 @@ TENANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 # Objects from knative/ that every test needs: the CRD, the namespace, the RBAC and the
 # admission policy that keeps DockerTokens to credentials their requester may use.
 BOOTSTRAP_FILES = ("namespace.yaml", "crd-dockertoken.yaml", "rbac.yaml", "admission.yaml")
+# Audit: what the ServiceAccounts do (Metadata: verb, resource, namespace, decision, user agent),
+# and SubjectAccessReviews with their answer (Knative's ApiServerSource controller checks the
+# adapter's rights that way before it starts the adapter). Nothing else is logged.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "RequestResponse", "verbs": ["create"],
+         "resources": [{"group": "authorization.k8s.io", "resources": ["subjectaccessreviews"]}]},
+        {"level": "Metadata", "users": [f"system:serviceaccount:{SA_NAMESPACE}:{sa}" for sa in SERVICE_ACCOUNTS]},
+        {"level": "None"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -142,6 +159,7 @@ class ControlPlane:
     kubeconfigs: dict[str, Path] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     startup_seconds: float = 0.0
+    audit_log: Path = Path()
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __enter__(self) -> ControlPlane:
@@ -170,6 +188,9 @@ class ControlPlane:
             lines.append(f'{line},"{",".join(tenant_groups)}"' if tenant_groups else line)
         token_file = certs / "tokens.csv"
         token_file.write_text("\n".join(lines) + "\n")
+        audit_policy = certs / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        self.audit_log = self.workdir / "audit.log"
 
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -208,6 +229,10 @@ class ControlPlane:
                 "--service-account-signing-key-file", str(certs / "sa.key"),
                 "--disable-admission-plugins", "ServiceAccount",
                 "--allow-privileged=true",
+                "--audit-policy-file", str(audit_policy),
+                "--audit-log-path", str(self.audit_log),
+                "--audit-log-format", "json",
+                "--audit-log-mode", "blocking",  # an event is on disk before its answer is sent
                 "--v=1",
             ],
         )
@@ -252,7 +277,8 @@ class ControlPlane:
         while time.monotonic() < deadline:
             for proc in self._procs:
                 if proc.poll() is not None:
-                    raise ControlPlaneError(f"{proc.args[0]} exited with {proc.returncode}\n{self.logs()}")
+                    name = Path(str(cast(list[str], proc.args)[0])).name
+                    raise ControlPlaneError(f"{name} exited with {proc.returncode}\n{self.logs()}")
             req = urllib.request.Request(
                 f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.tokens['admin']}"}
             )
@@ -290,20 +316,28 @@ class ControlPlane:
         return [(dict(re.findall(r'(\w+)="([^"]*)"', line)), int(float(line.rsplit(" ", 1)[1])))
                 for line in text.splitlines() if line.startswith("apiserver_request_total{")]
 
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit event so far (one per request and stage; see AUDIT_POLICY for which)."""
+        if not self.audit_log.is_file():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+
     def api_client(self, identity: str = "admin") -> Any:
         """A kubernetes ApiClient for one of the identities (admin, a ServiceAccount or a tenant)."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
+        loader: Any = config  # untyped
+        return loader.new_client_from_config(config_file=str(self.kubeconfigs[identity]))
 
     def apply_file(self, path: Path) -> None:
         """Create every object of a YAML file as admin (what ``kubectl create -f`` does)."""
         from kubernetes import utils
 
         api = self.api_client()
+        creator: Any = utils  # untyped
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                utils.create_from_dict(api, doc)
+                creator.create_from_dict(api, doc)
 
     def _bootstrap(self) -> None:
         for name in BOOTSTRAP_FILES:
@@ -317,7 +351,7 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             crd = ext.read_custom_resource_definition("dockertokens.quay.herve4m.github.io")
-            conds = {c.type: c.status for c in (crd.status.conditions or [])}
+            conds = {c.type: c.status for c in ((crd.status and crd.status.conditions) or [])}
             if conds.get("Established") == "True":
                 return
             time.sleep(0.1)

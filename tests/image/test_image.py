@@ -127,7 +127,8 @@ class ImageFunction(harness.FunctionProcess):
 
 @pytest.fixture(scope="module")
 def image_fn(control_plane: ControlPlane, identity_dir: Path) -> Iterator[ImageFunction]:
-    with ImageFunction(identity_dir) as fn:
+    fn = ImageFunction(identity_dir)
+    with fn:
         yield fn
 
 

@@ -1,7 +1,7 @@
 """The simulator's data: users, OAuth tokens, app tokens, web sessions, the clock and test hooks.
 
 ``server.py`` calls into :class:`State` under its lock; nothing here does I/O. Behaviour follows
-Quay at commit ffba0c70 as recorded in ``shared/quay-contract/transcripts``.
+Quay at commit ffba0c70 as recorded in ``tests/data/quay-transcripts``.
 """
 
 from __future__ import annotations
