@@ -18,14 +18,17 @@ The lease is the one write made before the Quay call it protects; the credential
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from function import conditions, decide, pullsecret
+from function import conditions, decide, kevents, pullsecret
 from function.cache import TokenListCache
 from function.connection import Connection
 from function.decide import Failure, Observed, Plan, TokenStep
@@ -54,6 +57,10 @@ LEASE_POLL_SECONDS = 0.2
 # After a failed POST, how long to wait (at most; the Quay timeout if shorter) before looking for
 # the token it may have created anyway: Quay finishing a request its client gave up on.
 LOST_POST_GRACE_SECONDS = 2.0
+# A rotated-out token keeps working this long (image pulls in flight); revoked on a later pass.
+ROTATION_GRACE = datetime.timedelta(seconds=float(os.environ.get("ROTATION_GRACE_SECONDS") or 120))
+# Names this pod in the Events it records (Knative sets HOSTNAME to the pod name).
+REPORTING_INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def quay_client(conn: Connection) -> QuayClient:
@@ -95,6 +102,7 @@ class Apply:
         self.status: dict[str, Any] = dict(raw_status)  # status as this pass wants it
         self.lease: Creation | None = None              # the creation lease we hold
         self.outcome = Outcome("ready")
+        self.events: list[tuple[str, str, str]] = []    # (type, reason, note) of transitions
 
     # -- plumbing ----------------------------------------------------------------------------------
     def close(self) -> Outcome:
@@ -121,6 +129,12 @@ class Apply:
 
     # -- the pass ----------------------------------------------------------------------------------
     def run(self) -> Outcome:
+        try:
+            return self._run()
+        finally:
+            self._record_events()
+
+    def _run(self) -> Outcome:
         plan = self.plan
         if plan.add_finalizer or plan.labels:
             self._patch_metadata()
@@ -140,6 +154,23 @@ class Apply:
             failure = Failure.of(exc)
             self._fail(decide.cleanup_blocked(exc) if plan.cleanup else failure)
         return self.outcome
+
+    def _record_events(self) -> None:
+        """Kubernetes Events for this pass's transitions (never from a pass that changed nothing).
+        Best effort: an Event that cannot be recorded never fails the reconcile."""
+        dt = self.dt
+        for type_, reason, note in self.events:
+            body = kevents.build_event(dt.namespace, dt.name, dt.uid, type_, reason, note, self.now,
+                                       reporting_instance=REPORTING_INSTANCE)
+            try:
+                self.kube.create_event(body)
+            # the reconcile's outcome does not depend on its Events
+            except (TemporaryError, PermanentError) as exc:
+                logger.warning("%s/%s: could not record Event %s: %s", dt.namespace, dt.name, reason, exc)
+        self.events.clear()
+
+    def _event(self, reason: str, note: str, *, warning: bool = False) -> None:
+        self.events.append((kevents.WARNING if warning else kevents.NORMAL, reason, note))
 
     def _skipped(self, why: str) -> None:
         out, retry = self.outcome, self.dt.status.retry
@@ -166,17 +197,24 @@ class Apply:
         token, replaced = self._token()
         if token is not None:
             self.status["expiration"] = token.expiration or None
+            if token.created:
+                self.status.update(decide.renewal_fields(self.dt, token))
             if plan.write_secret is not None:
                 self._write_secret(plan.write_secret, self.ob.ret_secret, token)
         for ref in plan.delete_secrets:
             self._delete_secret(ref)
         if self.dt.ret_secret is None:
             self.status["retSecret"] = None
+        self._edit_service_accounts()
+        if plan.attached is not None:
+            self.status["serviceAccounts"] = list(plan.attached) or None
         pending = list(self.status.get("pendingRevocation") or ())
-        if pending:
+        if pending and decide.revocation_due(self.status, self.now):
             self._revoke(pending, "revoke-old-token")
-            self.status["pendingRevocation"] = None
-        desired, reason, message = decide.ready_status(self.dt, self.status, replaced=replaced, now=self.now)
+            self.status["pendingRevocation"] = self.status["revokeAfter"] = None
+        note = decide.renewal_note(self.dt, token, plan.resync_period)
+        desired, reason, message = decide.ready_status(self.dt, self.status, replaced=replaced,
+                                                       now=self.now, note=note)
         self.outcome.reason, self.outcome.message = reason, message
         self._write_status(desired)
 
@@ -199,6 +237,8 @@ class Apply:
                 self._forget(uid)
                 why = f"token {uid} no longer exists in Quay (revoked or expired); created a replacement"
                 return self._acquire(revoke_old=False), why
+        if step is TokenStep.ROTATE:
+            return self._acquire(revoke_old=True, rotation=True), ""
         return self._acquire(revoke_old=True), self.plan.replace_reason
 
     # -- Quay ----------------------------------------------------------------------------------------
@@ -222,14 +262,18 @@ class Apply:
             try:
                 self.quay.revoke_token(uid)
                 self.act(action)
+                self._event("TokenRevoked", f"revoked Quay token {uid}")
             # already gone: nothing left to revoke
             except QuayNotFound:
                 pass
             self._forget(uid)
 
     # -- the creation lease ----------------------------------------------------------------------------
-    def _acquire(self, *, revoke_old: bool) -> Token:
-        """Adopt an unclaimed token with our title, else create one; record it at once."""
+    def _acquire(self, *, revoke_old: bool, rotation: bool = False) -> Token:
+        """Adopt an unclaimed token with our title, else create one; record it at once.
+
+        A rotation keeps the old token (pendingRevocation) until ROTATION_GRACE has passed.
+        """
         assert self.ob.conn is not None
         # the credentials, checked before any lease is written; afresh after a failed attempt,
         # which may have lost the answer to a POST that Quay carried out
@@ -237,7 +281,9 @@ class Apply:
         dt = self._take_lease()
         try:
             others = self._others_once_rivals_settled(dt)
-            claimed = decide.claimed_uuids(others, except_uid=dt.uid) | {dt.status.uuid}
+            # ours too: the token we hold, and those we are about to revoke
+            claimed = (decide.claimed_uuids(others, except_uid=dt.uid)
+                       | {dt.status.uuid, *dt.status.pending_revocation})
             token = self._adopt(decide.pick_adoptable(known.values(), title=dt.title, claimed=claimed,
                                                       now=self.now), "adopt-token")
             if token is None:
@@ -250,8 +296,9 @@ class Apply:
         except BaseException:
             self._write_status({**self.status, "creation": None}, best_effort=True)
             raise
+        grace = decide.rfc3339(self.now + ROTATION_GRACE) if rotation else ""
         self.status.update(decide.recorded(dt, token, self.status.get("pendingRevocation") or (),
-                                           revoke_old=revoke_old))
+                                           revoke_old=revoke_old, grace_until=grace))
         self.lease = None
         # record at once, before anything else can fail: this is what makes the token ours
         written = self._write_status(self.status)
@@ -261,7 +308,39 @@ class Apply:
             raise Restart
         if (written or {}).get("metadata", {}).get("deletionTimestamp"):
             raise Restart  # deleted meanwhile: the next pass finalizes, revoking this token
+        adopted = "adopt-token" in self.outcome.actions or "adopt-lost-token" in self.outcome.actions
+        if rotation:
+            self._event("TokenRotated", f"replaced Quay token {dt.status.uuid} before it expires "
+                        f"({dt.status.expiration}) with {token.uuid}; the old one is revoked after "
+                        f"{int(ROTATION_GRACE.total_seconds())} s")
+        else:
+            self._event("TokenAdopted" if adopted else "TokenCreated",
+                        f"{'adopted' if adopted else 'created'} Quay token {token.uuid} titled {dt.title!r}")
+        self._verify_at_registry(token)
         return token
+
+    def _verify_at_registry(self, token: Token) -> None:
+        """After a create or rotation only (2 requests): the registry's own host name, which the
+        pull Secret must name too, and whether the registry accepts the new code."""
+        assert self.ob.conn is not None
+        try:
+            challenge = self.quay.registry_challenge()
+            if challenge is None:
+                ok, reason, detail = None, "NoRegistryChallenge", (
+                    "GET /v2/ announced no Bearer challenge; the code was not checked")
+            else:
+                service = challenge.service or ""
+                self.status["registry"] = service if service and service != self.ob.conn.registry else None
+                check = self.quay.check_credential(challenge.realm, challenge.service, token.code)
+                ok, reason = check.ok, "RegistryAccepted" if check.ok else "RegistryRefused"
+                detail = check.detail
+        # the token is made and recorded: a check that cannot be made is reported, not fatal
+        except QuayError as exc:
+            ok, reason, detail = None, "CheckFailed", f"could not check the code at the registry: {exc}"
+        self.status["conditions"] = conditions.set_condition(
+            self.status.get("conditions") or [], type_=conditions.CREDENTIAL_VERIFIED,
+            status=ok, reason=reason, message=detail, generation=self.dt.generation,
+            now=decide.rfc3339(self.now))
 
     def _adopt(self, pick: Token | None, action: str) -> Token | None:
         if pick is None:
@@ -372,6 +451,7 @@ class Apply:
             claimed = decide.claimed_uuids(self._same_title(), except_uid=dt.uid)
             doomed += decide.revocable(self.quay.list_tokens(), title=dt.title, claimed=claimed)
         self._revoke(doomed, "revoke-token")
+        self._edit_service_accounts()
         for ref in plan.delete_secrets:
             self._delete_secret(ref)
         remaining = [f for f in dt.finalizers if f != FINALIZER]
@@ -383,7 +463,12 @@ class Apply:
     def _write_secret(self, where: Ref, current: Mapping[str, Any] | None, token: Token) -> None:
         """Make the Secret at ``where`` hold ``token``; no write when it already does."""
         assert self.ob.conn is not None
-        desired = pullsecret.build(self.dt, where, token, self.ob.conn.registry)
+        hosts = [self.ob.conn.registry, *([self.status["registry"]] if self.status.get("registry") else [])]
+        desired = pullsecret.build(self.dt, where, token, hosts)
+        restoring = self.dt.status.ret_secret == where and token.uuid == self.dt.status.uuid
+        if restoring and (current is None or self.plan.held is None):
+            self._event("SecretRestored", f"restored the pull Secret {where} (it was "
+                        f"{'deleted' if current is None else 'changed'})")
         if current is None:
             self._create_secret(where, desired)
             self.act("create-secret")
@@ -419,10 +504,23 @@ class Apply:
             self.kube.delete_secret(where.namespace, where.name, uid=found["metadata"].get("uid"))
             self.act("delete-secret")
 
+    def _edit_service_accounts(self) -> None:
+        """Attach the pull Secret to (or detach it from) the ServiceAccounts the plan names."""
+        ref = self.dt.ret_secret or self.dt.status.ret_secret
+        if ref is None:
+            return
+        for edit in self.plan.sa_edits:
+            self.kube.patch_serviceaccount_pull_secrets(ref.namespace, edit.name, list(edit.pull_secrets),
+                                                        edit.resource_version)
+            self.act(f"{'attach-to' if edit.attach else 'detach-from'}-serviceaccount")
+
     # -- status ----------------------------------------------------------------------------------------
     def _fail(self, failure: Failure) -> None:
         """Record the failure (and free our lease) in one write; the outcome says what happened."""
         desired = decide.failed_status(self.dt, self.status, failure, self.plan.inputs, self.now)
+        was = (self.dt.status.condition(conditions.READY) or {}).get("status")
+        if was != "False":
+            self._event(failure.reason, failure.message, warning=True)
         if self.lease is not None:
             desired["creation"] = None
         self._write_status(desired)

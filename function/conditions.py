@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 READY = "Ready"
+# After a token is created or rotated: does the registry accept its code? (never on other passes)
+CREDENTIAL_VERIFIED = "CredentialVerified"
 # The Ansible operator's condition; tools that waited on it keep working. Mirrors Ready.
 SUCCESSFUL = "Successful"
 
@@ -27,14 +29,14 @@ def set_condition(
     conditions: Sequence[Mapping[str, Any]],
     *,
     type_: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     generation: int,
     now: str,
 ) -> list[dict[str, Any]]:
     """Return the list with ``type_`` set; other conditions are kept as they are."""
-    value = "True" if status else "False"
+    value = "Unknown" if status is None else "True" if status else "False"
     old = next((c for c in conditions if c.get("type") == type_), None)
     moved = old is None or old.get("status") != value
     new = {

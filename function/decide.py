@@ -19,10 +19,10 @@ import email.utils
 import enum
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from function import conditions, pullsecret
+from function import conditions, kevents, pullsecret, renewal, template
 from function.connection import Connection
 from function.errors import PermanentError, QuayTransient, ReconcileError
 from function.model import CLAIM_LABEL_PREFIX, FINALIZER, Creation, DockerToken, Ref, Status, Token
@@ -45,6 +45,7 @@ class TokenStep(enum.StrEnum):
     VERIFY = "verify"      # as KEEP, but confirm the UUID is still listed in Quay (resync)
     FETCH = "fetch"        # status UUID stands but the Secret lost its code: GET it
     ACQUIRE = "acquire"    # no usable UUID: adopt an unclaimed same-title token, else create
+    ROTATE = "rotate"      # renewalTime passed: a new token now, the old one revoked after a grace
 
 
 class Lease(enum.StrEnum):
@@ -68,6 +69,9 @@ class Observed:
     old_ret_secret: Mapping[str, Any] | None  # the one at status.retSecret, when that moved
     consent_error: PermanentError | None = None  # a cross-namespace reference is not allowed
     consent_version: str = ""          # what the consent was read from (a fix moves it)
+    # spec.serviceAccounts and status.serviceAccounts, as found (None: no such ServiceAccount)
+    service_accounts: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
+    resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # RESYNC_PERIOD
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,16 @@ class Failure:
     @classmethod
     def of(cls, exc: ReconcileError) -> Failure:
         return cls(exc.reason, str(exc), temporary=isinstance(exc, QuayTransient))
+
+
+@dataclass(frozen=True)
+class PullSecretsEdit:
+    """A ServiceAccount's new imagePullSecrets (a merge patch guarded by its resourceVersion)."""
+
+    name: str
+    pull_secrets: tuple[Mapping[str, Any], ...]
+    resource_version: str
+    attach: bool
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,9 @@ class Plan:
     revoke_by_title: bool = False         # deletion: also unclaimed tokens titled spec.name
     wait_for_lease: bool = False          # deletion: a creation is in flight, let it record
     remove_finalizer: bool = False
+    sa_edits: tuple[PullSecretsEdit, ...] = ()  # attach to / detach from ServiceAccounts
+    attached: tuple[str, ...] | None = None     # status.serviceAccounts once sa_edits are done
+    resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # for renewal_note
     inputs: str = ""                      # digest recorded with a failure
     cleanup: bool = False                 # a deletion pass (failures are CleanupBlocked)
 
@@ -116,6 +133,9 @@ def plan(ob: Observed) -> Plan:
         return Plan(add_finalizer=add, skip="backoff", inputs=inputs)
     try:
         dt.validate()
+        if dt.renew_before:
+            renewal.parse_duration(dt.renew_before)
+        template.validate_template(dt.secret_template)
     except PermanentError as exc:
         return Plan(add_finalizer=add, failure=Failure.of(exc), inputs=inputs)
     for error in (ob.consent_error, ob.conn_error):
@@ -131,11 +151,13 @@ def plan(ob: Observed) -> Plan:
         held = None
     step, why = token_step(dt, held, verify=ob.verify, now=ob.now)
     old = dt.status.ret_secret
+    edits, attached = service_account_edits(dt, ob.service_accounts, keep=dt.service_accounts)
     return Plan(
         add_finalizer=add, labels=labels, token=step, replace_reason=why, held=held,
         write_secret=dt.ret_secret,
         delete_secrets=(old,) if old is not None and old != dt.ret_secret else (),
-        revoke=dt.status.pending_revocation, inputs=inputs,
+        revoke=dt.status.pending_revocation, sa_edits=edits, attached=attached,
+        resync_period=ob.resync_period, inputs=inputs,
     )
 
 
@@ -144,7 +166,9 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     if not dt.has_finalizer:
         return Plan(skip="gone")
     secrets = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
-    done = Plan(cleanup=True, delete_secrets=secrets, remove_finalizer=True, inputs=inputs)
+    edits, _ = service_account_edits(dt, ob.service_accounts, keep=())
+    done = Plan(cleanup=True, delete_secrets=secrets, remove_finalizer=True, sa_edits=edits,
+                inputs=inputs)
     lease = lease_state(dt.status.creation, ob.now)
     if dt.preserve_in_quay:
         return done
@@ -161,7 +185,8 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     if error is not None:
         return Plan(cleanup=True, failure=cleanup_blocked(error), inputs=inputs)
     return Plan(cleanup=True, delete_secrets=secrets, revoke=revoke, revoke_by_title=by_title,
-                wait_for_lease=lease is Lease.FRESH, remove_finalizer=True, inputs=inputs)
+                wait_for_lease=lease is Lease.FRESH, remove_finalizer=True, sa_edits=edits,
+                inputs=inputs)
 
 
 def claim_label(registry: str, title: str) -> str:
@@ -206,6 +231,8 @@ def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
         return TokenStep.ACQUIRE, f"spec.name changed from {st.token_name!r}; replaced the token"
     if is_expired(st.expiration, now):
         return TokenStep.ACQUIRE, f"token {st.uuid} expired on {st.expiration}; created a replacement"
+    if renewal.is_due(parse_time(st.renewal_time), now):
+        return TokenStep.ROTATE, ""
     if dt.ret_secret is not None and held is None:
         return TokenStep.FETCH, ""
     return (TokenStep.VERIFY if verify else TokenStep.KEEP), ""
@@ -220,6 +247,46 @@ def after_verify(held: Token | None, listed: Token | None,
         return TokenStep.KEEP, None
     return TokenStep.KEEP, Token(listed.uuid, held.title, listed.created, listed.expiration,
                                  listed.last_accessed, held.code)
+
+
+def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any] | None], *,
+                          keep: Iterable[str]) -> tuple[tuple[PullSecretsEdit, ...], tuple[str, ...]]:
+    """The imagePullSecrets edits that attach the return Secret to the ServiceAccounts in
+    ``keep`` and detach it from those status lists and ``keep`` does not; and the attached list.
+    A ServiceAccount that does not exist is skipped (a later resync attaches it)."""
+    if dt.ret_secret is None:
+        return (), ()
+    secret, keep = dt.ret_secret.name, tuple(keep)
+    edits, attached = [], []
+    for name in dict.fromkeys((*keep, *dt.status.service_accounts)):
+        account = found.get(name)
+        if account is None:
+            continue
+        wanted = name in keep
+        new = kevents.pull_secret_edit(account.get("imagePullSecrets"), secret, wanted)
+        if new is not None:
+            meta = account.get("metadata") or {}
+            edits.append(PullSecretsEdit(name, tuple(new), str(meta.get("resourceVersion") or ""),
+                                         wanted))
+        if wanted:
+            attached.append(name)
+    return tuple(edits), tuple(attached)
+
+
+def renewal_fields(dt: DockerToken, token: Token) -> dict[str, Any]:
+    """``status.renewalTime`` for ``token`` (None when it does not expire)."""
+    renew_before = renewal.parse_duration(dt.renew_before) if dt.renew_before else None
+    at = renewal.renewal_time(parse_time(token.created), parse_time(token.expiration), renew_before)
+    return {"renewalTime": rfc3339(at) if at is not None else None}
+
+
+def renewal_note(dt: DockerToken, token: Token | None, resync_period: datetime.timedelta) -> str:
+    """The Ready message when ``token`` may expire before a resync comes to rotate it; "" if fine."""
+    if token is None:
+        return ""
+    renew_before = renewal.parse_duration(dt.renew_before) if dt.renew_before else None
+    return renewal.resync_window_problem(parse_time(token.created), parse_time(token.expiration),
+                                         renew_before, resync_period) or ""
 
 
 # -- the convergence rule ------------------------------------------------------------------------
@@ -273,7 +340,7 @@ def failed_status(dt: DockerToken, raw: Mapping[str, Any], failure: Failure, inp
 
 
 def ready_status(dt: DockerToken, raw: Mapping[str, Any], *, replaced: str,
-                 now: datetime.datetime) -> tuple[dict[str, Any], str, str]:
+                 now: datetime.datetime, note: str = "") -> tuple[dict[str, Any], str, str]:
     """Status after a successful pass, and the Ready (reason, message)."""
     st = dict(raw)
     if st.get("uuid"):
@@ -287,24 +354,37 @@ def ready_status(dt: DockerToken, raw: Mapping[str, Any], *, replaced: str,
     old = dt.status.condition(conditions.READY)
     if replaced:
         reason, message = conditions.TOKEN_REPLACED, replaced
-    elif old is not None and old.get("status") == "True":
-        reason, message = str(old.get("reason", "")), str(old.get("message", ""))
+    elif old is not None and old.get("status") == "True" and old.get("reason") == conditions.TOKEN_REPLACED:
+        reason, message = conditions.TOKEN_REPLACED, str(old.get("message", ""))
     else:
         reason, message = conditions.TOKEN_READY, ""
+    message = replaced or note or message
     st["conditions"] = conditions.set_ready(
         st.get("conditions") or [], ready=True, reason=reason, message=message,
         generation=dt.generation, now=rfc3339(now))
     return st, reason, message
 
 
-def recorded(dt: DockerToken, token: Token, pending: Iterable[str], *, revoke_old: bool) -> dict[str, Any]:
-    """What is written the moment a token is obtained, before anything else can fail."""
+def recorded(dt: DockerToken, token: Token, pending: Iterable[str], *, revoke_old: bool,
+             grace_until: str = "") -> dict[str, Any]:
+    """What is written the moment a token is obtained, before anything else can fail.
+
+    ``grace_until``: a rotation's old token keeps working until then (pulls in flight).
+    """
     old = dt.status.uuid
     keep = [u for u in pending if u not in (token.uuid, old)]
     if revoke_old and old and old != token.uuid:
         keep.append(old)  # revoked once the Secret holds the new one
     return {"uuid": token.uuid, "tokenName": dt.title, "expiration": token.expiration or None,
-            "existInQuay": True, "creation": None, "pendingRevocation": keep or None}
+            "existInQuay": True, "creation": None, "pendingRevocation": keep or None,
+            "revokeAfter": (grace_until or dt.status.revoke_after or None) if keep else None,
+            **renewal_fields(dt, token)}
+
+
+def revocation_due(status: Mapping[str, Any], now: datetime.datetime) -> bool:
+    """Whether pendingRevocation may be revoked now (a rotation's grace period is over)."""
+    after = parse_time(str(status.get("revokeAfter") or ""))
+    return after is None or after <= now
 
 
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

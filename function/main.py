@@ -14,6 +14,7 @@ unavailable (the CronJob counts it); 400 for a malformed event. ``GET /healthz``
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -42,9 +43,12 @@ def reconciler() -> Reconciler:
     global _reconciler
     with _lock:
         if _reconciler is None:
+            from function import renewal
             from function.kube import Kube
 
-            _reconciler = Reconciler(Kube())
+            period = os.environ.get("RESYNC_PERIOD", "")  # the CronJob's schedule, e.g. "10m"
+            _reconciler = Reconciler(Kube(), resync_period=renewal.parse_duration(
+                period, "RESYNC_PERIOD") if period else None)
         return _reconciler
 
 

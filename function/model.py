@@ -29,6 +29,11 @@ RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
 # it may claim, keyed by a hash (decide.claim_label): the claim and lease checks list only the
 # objects that can matter, whatever the size of the cluster.
 CLAIM_LABEL_PREFIX = "quay.herve4m.github.io/claims-"
+# The ownership marks of a return Secret (pullsecret.py): nothing else's Secret is ever written.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "quay-dockertoken"
+OWNER_ANNOTATION = "quay.herve4m.github.io/owner"  # "<namespace>/<name>" of the DockerToken
+OWNER_UID_ANNOTATION = "quay.herve4m.github.io/owner-uid"
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,10 @@ class Status:
     pending_revocation: tuple[str, ...] = ()
     creation: Creation | None = None
     retry: Retry | None = None
+    renewal_time: str = ""          # when the token is replaced before it expires
+    revoke_after: str = ""          # pendingRevocation waits until then (a rotation's grace)
+    registry: str = ""              # the registry's own host (Quay's SERVER_HOSTNAME), if other
+    service_accounts: tuple[str, ...] = ()  # those whose imagePullSecrets hold the Secret
     conditions: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
@@ -114,6 +123,10 @@ class Status:
                       str(retry.get("notBefore", "")), retry.get("temporary") is True)
                 if isinstance(retry, Mapping) else None
             ),
+            renewal_time=str(raw.get("renewalTime") or ""),
+            revoke_after=str(raw.get("revokeAfter") or ""),
+            registry=str(raw.get("registry") or ""),
+            service_accounts=tuple(str(n) for n in raw.get("serviceAccounts") or ()),
             conditions=tuple(raw.get("conditions") or ()),
         )
 
@@ -136,6 +149,9 @@ class DockerToken:
     conn_secret: Ref
     ret_secret: Ref | None
     preserve_in_quay: bool
+    renew_before: str                  # spec.renewBefore as written ("" when unset)
+    service_accounts: tuple[str, ...]  # spec.serviceAccounts
+    secret_template: object            # spec.secretTemplate as written (None when unset)
     reconcile_request: str
     claim_labels: frozenset[str]
     status: Status
@@ -164,6 +180,10 @@ class DockerToken:
             conn_secret=_ref(spec.get("connSecretRef"), ns) or Ref(ns, ""),
             ret_secret=_ref(spec.get("retSecretRef"), ns),
             preserve_in_quay=spec.get("preserveInQuayOnDeletion") is True,
+            renew_before=str(spec.get("renewBefore") or ""),
+            service_accounts=tuple(dict.fromkeys(
+                str(n) for n in spec.get("serviceAccounts") or () if isinstance(n, str) and n)),
+            secret_template=spec.get("secretTemplate"),
             reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
             claim_labels=frozenset(k for k in meta.get("labels") or {} if k.startswith(CLAIM_LABEL_PREFIX)),
             status=Status.from_object(obj.get("status")),
@@ -181,6 +201,9 @@ class DockerToken:
             )
         if self.ret_secret is not None and not self.ret_secret.name:
             raise ConfigError("spec.retSecretRef.name: required when retSecretRef is set")
+        if self.service_accounts and self.ret_secret is None:
+            raise ConfigError("spec.serviceAccounts: needs spec.retSecretRef (the Secret to attach); "
+                              "set retSecretRef or remove serviceAccounts")
 
 
 def _int(raw: object) -> int:

@@ -27,7 +27,7 @@ ALLOWED_NAMESPACES = "quay.herve4m.github.io/allowed-namespaces"
 
 
 def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
-            wave: str = "") -> Observed:
+            wave: str = "", resync_period: datetime.timedelta | None = None) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
     dt = DockerToken.from_object(obj)
     conn, conn_error, conn_version, consent = _connection(kube, dt)
@@ -38,10 +38,15 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
     moved = dt.status.ret_secret
     if moved is not None and moved != dt.ret_secret:
         old = kube.get_secret(moved.namespace, moved.name)
+    accounts: dict[str, Mapping[str, Any] | None] = {}
+    if ret_error is None and dt.ret_secret is not None:
+        for name in dict.fromkeys((*dt.service_accounts, *dt.status.service_accounts)):
+            accounts[name] = kube.get_serviceaccount(dt.ret_secret.namespace, name)
     return Observed(
         dt=dt, now=now, verify=verify, wave=wave, conn=conn, conn_error=conn_error, conn_version=conn_version,
         ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
-        consent_version=f"{consent}/{ret_consent}",
+        consent_version=f"{consent}/{ret_consent}", service_accounts=accounts,
+        **({"resync_period": resync_period} if resync_period else {}),
     )
 
 

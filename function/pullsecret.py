@@ -8,25 +8,40 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from function.model import API_VERSION, KIND, DockerToken, Ref, Token
+from function import template
+from function.model import (
+    API_VERSION,
+    KIND,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    OWNER_ANNOTATION,
+    OWNER_UID_ANNOTATION,
+    DockerToken,
+    Ref,
+    Token,
+)
+
+__all__ = ["MANAGED_BY", "MANAGED_BY_LABEL", "OWNER_ANNOTATION", "OWNER_UID_ANNOTATION", "SECRET_TYPE",
+           "build", "decoded", "is_intact", "is_ours", "string_data", "token_from"]
 
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 USERNAME = "$app"  # Quay's fixed username for application tokens
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "quay-dockertoken"
-OWNER_ANNOTATION = "quay.herve4m.github.io/owner"  # "<namespace>/<name>" of the DockerToken
-OWNER_UID_ANNOTATION = "quay.herve4m.github.io/owner-uid"
 KEYS = (".dockerconfigjson", "auth", "created", "expiration", "lastAccessed", "name", "tokenCode",
         "username", "uuid")
 
 
-def string_data(token: Token, registry: str) -> dict[str, str]:
-    """The decoded ``data`` of the Secret; empty strings where Quay says null."""
+def string_data(token: Token, registry: str | Sequence[str]) -> dict[str, str]:
+    """The decoded ``data`` of the Secret; empty strings where Quay says null.
+
+    ``registry``: the host(s) ``.dockerconfigjson`` names: the API host, and the registry's own
+    name when Quay announces another one.
+    """
     auth = base64.b64encode(f"{USERNAME}:{token.code}".encode()).decode()
-    config = {"auths": {registry: {"auth": auth, "email": ""}}}
+    hosts = [registry] if isinstance(registry, str) else list(dict.fromkeys(registry))
+    config = {"auths": {host: {"auth": auth, "email": ""} for host in hosts}}
     return {
         ".dockerconfigjson": json.dumps(config, separators=(",", ":")),
         "auth": auth,
@@ -40,13 +55,18 @@ def string_data(token: Token, registry: str) -> dict[str, str]:
     }
 
 
-def build(dt: DockerToken, where: Ref, token: Token, registry: str) -> dict[str, Any]:
-    """The whole Secret object; an ownerReference only where Kubernetes allows one (same namespace)."""
+def build(dt: DockerToken, where: Ref, token: Token, registry: str | Sequence[str]) -> dict[str, Any]:
+    """The whole Secret object; an ownerReference only where Kubernetes allows one (same namespace),
+    and spec.secretTemplate's labels and annotations (never replacing the ownership marks)."""
+    labels, annotations = template.apply_template(
+        {MANAGED_BY_LABEL: MANAGED_BY},
+        {OWNER_ANNOTATION: f"{dt.namespace}/{dt.name}", OWNER_UID_ANNOTATION: dt.uid},
+        dt.secret_template)
     meta: dict[str, Any] = {
         "name": where.name,
         "namespace": where.namespace,
-        "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-        "annotations": {OWNER_ANNOTATION: f"{dt.namespace}/{dt.name}", OWNER_UID_ANNOTATION: dt.uid},
+        "labels": labels,
+        "annotations": annotations,
     }
     if where.namespace == dt.namespace:
         meta["ownerReferences"] = [

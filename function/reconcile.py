@@ -35,9 +35,11 @@ class Reconciler:
     """Holds what outlives one event: the API client, the Quay client factory, the list cache."""
 
     def __init__(self, kube: Kube, *, quay_factory: QuayFactory = quay_client,
-                 cache: TokenListCache | None = None, clock: Clock = utcnow) -> None:
+                 cache: TokenListCache | None = None, clock: Clock = utcnow,
+                 resync_period: datetime.timedelta | None = None) -> None:
         self.kube, self.quay_factory, self.clock = kube, quay_factory, clock
         self.cache = cache or TokenListCache()
+        self.resync_period = resync_period
 
     def reconcile(self, namespace: str, name: str, *, verify_quay: bool = False,
                   wave: str = "") -> Outcome:
@@ -48,7 +50,8 @@ class Reconciler:
             obj = kube.get_dockertoken(namespace, name)
             if obj is None:
                 return _merged(total, Outcome("gone"))
-            observed = observe(kube, obj, verify=verify_quay, wave=wave, now=self.clock())
+            observed = observe(kube, obj, verify=verify_quay, wave=wave, now=self.clock(),
+                               resync_period=self.resync_period)
             step = Apply(kube, self.quay_factory, self.cache, observed, decide.plan(observed),
                          obj.get("status") or {})
             try:

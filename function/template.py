@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 
 from function.errors import ConfigError
-from function.pullsecret import MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION
+from function.model import MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION
 
 __all__ = ["FIELD", "MARKS", "apply_template", "ignored_marks", "validate_template"]
 

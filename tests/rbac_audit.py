@@ -131,6 +131,8 @@ def used_rights(events: Iterable[dict[str, Any]]) -> dict[Right, Use]:
         seen.add(event["auditID"])
         ref = event.get("objectRef") or {}
         if ref.get("resource") == "subjectaccessreviews":
+            if (event.get("userAgent") or "").startswith(PROBE_AGENT):
+                continue  # a test asking what an identity may do, not a component's check
             spec = (event.get("requestObject") or {}).get("spec") or {}
             identity = _identity(spec.get("user") or "")
             attrs = spec.get("resourceAttributes")

@@ -132,3 +132,14 @@ def test_claim_view_keeps_what_the_claim_and_lease_rules_read() -> None:
     me = make_dt(status={"creation": {**lease, "since": "2026-11-26T11:59:55Z"}}, title="t", uid="me")
     assert me.status.creation is not None
     assert decide.yields_to([view], me, me.status.creation, NOW) == decide.yields_to([full], me, me.status.creation, NOW) == "ns/o1"
+
+
+def test_a_renew_before_the_schema_would_refuse_is_a_failure_naming_the_field() -> None:
+    """Objects stored before the schema had the field skip its validation: the plan refuses them."""
+    dt = DockerToken.from_object({"metadata": {"namespace": "ns", "name": "dt", "uid": "u", "generation": 1},
+                                  "spec": {"connSecretRef": {"name": "conn"}, "name": "t", "renewBefore": "2d"}})
+    observed = decide.Observed(dt=dt, now=NOW, verify=False, wave="", conn=None, conn_error=None,
+                               conn_version="", ret_secret=None, old_ret_secret=None)
+    failure = decide.plan(observed).failure
+    assert failure is not None and failure.reason == "InvalidConfiguration"
+    assert "spec.renewBefore" in failure.message and '"48h"' in failure.message

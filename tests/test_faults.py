@@ -206,7 +206,7 @@ def test_object_changed_while_quay_was_slow_gets_409_and_restarts(env: Env) -> N
     assert checks.apiserver_answers(env, code="409") > conflicts, "no conflict was provoked"
     env.quay.clear_faults()
     checks.assert_converged(env)
-    assert env.get()["metadata"]["labels"] == {"touched": "yes"}  # type: ignore[index]
+    assert env.get()["metadata"]["labels"]["touched"] == "yes"  # type: ignore[index]
 
 
 def test_secret_edited_during_repair_gets_409_and_keeps_the_edit(env: Env) -> None:
