@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.kubeconfig:
             ensure_crd(api)
         say("Starting the function under functions-framework")
-        with harness.FunctionProcess(fn_kc) as fn:
+        # locally: the old token of a rotation is revoked 3 s after it (default 2 min), and the
+        # demo's resyncs come every few seconds (default 10 min)
+        demo_env = {} if args.kubeconfig else {"ROTATION_GRACE_SECONDS": "3", "RESYNC_PERIOD": "5s"}
+        with harness.FunctionProcess(fn_kc, env=demo_env) as fn:
             print(f"function listening on {fn.url} (GET {fn.url}/healthz -> 200)")
             run(core, custom, fn, admin_kc, quay_url, creds, args.validate_certs, quay)
             print("\nfunction log (one JSON line per event):")
@@ -106,11 +109,23 @@ def run(core: Any, custom: Any, fn: harness.FunctionProcess, kubeconfig: Path, q
         core.delete_namespaced_secret("quay-credentials", NS)
     core.create_namespaced_secret(NS, {"metadata": {"name": "quay-credentials"}, "stringData": {
         "host": quay_url, "validateCerts": validate_certs, **creds}})
-    say("Applying the DockerToken dockertoken-sample (spec.name: mytoken)")
+    say("Creating the ServiceAccount builder, which already pulls with another Secret")
+    with contextlib.suppress(ApiException):
+        core.create_namespaced_service_account(NS, {"metadata": {"name": "builder"},
+                                                    "imagePullSecrets": [{"name": "registry-mirror"}]})
+    spec: dict[str, Any] = {"connSecretRef": {"name": "quay-credentials"}, "preserveInQuayOnDeletion": False,
+                            "name": "mytoken", "retSecretRef": {"name": "dockertoken-sample-ret-secret"},
+                            "serviceAccounts": ["builder"]}
+    if quay is not None:
+        quay.token_expiration = 30  # the simulator's APP_SPECIFIC_TOKEN_EXPIRATION: 30-second tokens
+        spec["renewBefore"] = "24s"  # so the token is rotated 6 s after it is made
+        say("Applying the DockerToken dockertoken-sample (spec.name: mytoken, serviceAccounts: "
+            "[builder], renewBefore: 24s; the simulator issues 30-second tokens)")
+    else:
+        say("Applying the DockerToken dockertoken-sample (spec.name: mytoken, serviceAccounts: [builder])")
     custom.create_namespaced_custom_object(G, V, NS, P, {
         "apiVersion": f"{G}/{V}", "kind": "DockerToken", "metadata": {"name": "dockertoken-sample"},
-        "spec": {"connSecretRef": {"name": "quay-credentials"}, "preserveInQuayOnDeletion": False,
-                 "name": "mytoken", "retSecretRef": {"name": "dockertoken-sample-ret-secret"}}})
+        "spec": spec})
 
     def obj() -> dict[str, Any]:
         return dict(custom.get_namespaced_custom_object(G, V, NS, P, "dockertoken-sample"))
@@ -143,9 +158,13 @@ def run(core: Any, custom: Any, fn: harness.FunctionProcess, kubeconfig: Path, q
                 entry["auth"] = masked(entry["auth"])
             text = json.dumps(cfg, ensure_ascii=False)
         print(f"  {key}: {text}")
+    account = core.read_namespaced_service_account("builder", NS)
+    print(f"ServiceAccount builder imagePullSecrets: {[r.name for r in account.image_pull_secrets or ()]}")
     uuid = obj()["status"]["uuid"]
     say("Posting the update event the function's own status write causes: nothing to do")
     send("update")
+    if quay is not None:
+        uuid = rotate(core, obj, fn, quay, uuid)
     say("Deleting the DockerToken; the finalizer holds it until the token is revoked")
     custom.delete_namespaced_custom_object(G, V, NS, P, "dockertoken-sample")
     send("update")
@@ -163,6 +182,25 @@ def run(core: Any, custom: Any, fn: harness.FunctionProcess, kubeconfig: Path, q
     if quay is not None:
         left = [t for t in quay.tokens("devtable") if t["uuid"] == uuid]
         print(f"Quay token {uuid}: {'still there' if left else 'revoked'}")
+
+
+def rotate(core: Any, obj: Any, fn: harness.FunctionProcess, quay: Any, uuid: str) -> str:
+    """Wait for status.renewalTime, then resync: a new token, the old one revoked after the grace."""
+    status = obj()["status"]
+    say(f"Waiting for status.renewalTime {status['renewalTime']} (the token expires "
+        f"{status['expiration']}), then resyncing as the CronJob would")
+    due = time.mktime(time.strptime(status["renewalTime"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    time.sleep(max(0.0, due - time.time()) + 0.5)
+    resp = harness.post(fn.url, harness.resync_event(NS, "dockertoken-sample"))
+    new = obj()["status"]
+    print(f"resync -> {resp.status_code}; token {uuid} rotated to {new['uuid']}; "
+          f"pendingRevocation {new.get('pendingRevocation')} until {new.get('revokeAfter')}")
+    time.sleep(3.5)
+    harness.post(fn.url, harness.resync_event(NS, "dockertoken-sample"))
+    left = {t["uuid"] for t in quay.tokens("devtable")}
+    print(f"after the grace, a resync: old token {'still there' if uuid in left else 'revoked'}, "
+          f"new token {'live' if new['uuid'] in left else 'missing'}")
+    return str(new["uuid"])
 
 
 if __name__ == "__main__":

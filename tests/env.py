@@ -143,9 +143,11 @@ class Env:
 
     # -- API server write counting (the server's own metrics) ------------------------------------
     def write_count(self) -> int:
-        """Writes to dockertokens and secrets the API server has served so far."""
+        """Writes the API server has served so far to what the function writes: DockerTokens,
+        Secrets, ServiceAccounts and Events."""
         return sum(n for labels, n in self.cp.request_totals()
-                   if labels.get("verb") in _WRITE_VERBS and labels.get("resource") in ("dockertokens", "secrets"))
+                   if labels.get("verb") in _WRITE_VERBS
+                   and labels.get("resource") in ("dockertokens", "secrets", "serviceaccounts", "events"))
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:

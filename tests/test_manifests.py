@@ -451,7 +451,7 @@ def test_adapter_may_record_its_events_in_quay_system_only() -> None:
     src = find(built("base"), "ApiServerSource", "dockertoken-source")
     rbac = _built_rbac()
     assert rbac[("dockertoken-source", src["metadata"]["namespace"], "", "events")] == {"create", "patch"}
-    assert [k for k in rbac if k[3] == "events"] == [("dockertoken-source", NAMESPACE, "", "events")]
+    assert [k for k in rbac if k[2:] == ("", "events")] == [("dockertoken-source", NAMESPACE, "", "events")]
 
 
 def _allowed(api: Any, identity: str, verb: str, group: str, resource: str, namespace: str) -> bool:
