@@ -182,6 +182,8 @@ def run(core: Any, custom: Any, fn: harness.FunctionProcess, kubeconfig: Path, q
     if quay is not None:
         left = [t for t in quay.tokens("devtable") if t["uuid"] == uuid]
         print(f"Quay token {uuid}: {'still there' if left else 'revoked'}")
+    account = core.read_namespaced_service_account("builder", NS)
+    print(f"ServiceAccount builder imagePullSecrets: {[r.name for r in account.image_pull_secrets or ()]}")
 
 
 def rotate(core: Any, obj: Any, fn: harness.FunctionProcess, quay: Any, uuid: str) -> str:
