@@ -103,22 +103,22 @@ class Plan:
 
     add_finalizer: bool = False
     labels: Mapping[str, str | None] | None = None  # claim labels to add ("true") or drop (None)
-    skip: str = ""                        # why nothing else is done (nothing to do, backoff)
+    skip: str = ""                        # why nothing else is done: "gone", "backoff"
     failure: Failure | None = None        # record this and stop
     token: TokenStep | None = None        # ensure: how to get the token
     replace_reason: str = ""              # ACQUIRE replacing a recorded token: why (status)
     held: Token | None = None             # the token the return Secret holds, when usable
     write_secret: Ref | None = None       # where the pull Secret must hold the token
     delete_secrets: tuple[Ref, ...] = ()  # ours, no longer wanted (moved, or deletion)
-    revoke: tuple[str, ...] = ()          # UUIDs to revoke (pending, or deletion's)
+    revoke: tuple[str, ...] = ()          # deletion: UUIDs to revoke (ensure revokes pendingRevocation
+                                          # once due, as it stands after the token step)
     revoke_by_title: bool = False         # deletion: also unclaimed tokens titled spec.name
     wait_for_lease: bool = False          # deletion: a creation is in flight, let it record
-    remove_finalizer: bool = False
     sa_edits: tuple[PullSecretsEdit, ...] = ()  # attach to / detach from ServiceAccounts
     attached: tuple[str, ...] | None = None     # status.serviceAccounts once sa_edits are done
     resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # for renewal_note
     inputs: str = ""                      # digest recorded with a failure
-    cleanup: bool = False                 # a deletion pass (failures are CleanupBlocked)
+    cleanup: bool = False                 # a deletion pass: revoke, detach, delete, drop our finalizer
 
 
 def plan(ob: Observed) -> Plan:
@@ -156,8 +156,7 @@ def plan(ob: Observed) -> Plan:
         add_finalizer=add, labels=labels, token=step, replace_reason=why, held=held,
         write_secret=dt.ret_secret,
         delete_secrets=(old,) if old is not None and old != dt.ret_secret else (),
-        revoke=dt.status.pending_revocation, sa_edits=edits, attached=attached,
-        resync_period=ob.resync_period, inputs=inputs,
+        sa_edits=edits, attached=attached, resync_period=ob.resync_period, inputs=inputs,
     )
 
 
@@ -167,8 +166,7 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
         return Plan(skip="gone")
     secrets = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
     edits, _ = service_account_edits(dt, ob.service_accounts, keep=())
-    done = Plan(cleanup=True, delete_secrets=secrets, remove_finalizer=True, sa_edits=edits,
-                inputs=inputs)
+    done = Plan(cleanup=True, delete_secrets=secrets, sa_edits=edits, inputs=inputs)
     lease = lease_state(dt.status.creation, ob.now)
     if dt.preserve_in_quay:
         return done
@@ -185,8 +183,7 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     if error is not None:
         return Plan(cleanup=True, failure=cleanup_blocked(error), inputs=inputs)
     return Plan(cleanup=True, delete_secrets=secrets, revoke=revoke, revoke_by_title=by_title,
-                wait_for_lease=lease is Lease.FRESH, remove_finalizer=True, sa_edits=edits,
-                inputs=inputs)
+                wait_for_lease=lease is Lease.FRESH, sa_edits=edits, inputs=inputs)
 
 
 def claim_label(registry: str, title: str) -> str:

@@ -188,8 +188,7 @@ def table(used: dict[Right, Use], granted: set[Right]) -> str:
         use = used.get(right, Use())
         rows.append((right.identity, right.verb, _shown(right),
                      ",".join(sorted(use.scopes)) or "-", str(use.requests), str(use.access_checks),
-                     "yes" if right in granted else "NO",
-                     "yes" if right in used else "optional" if right in UNEXERCISED else "NO"))
+                     "yes" if right in granted else "NO", "yes" if right in used else "NO"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
@@ -206,20 +205,10 @@ def used_but_not_granted(used: dict[Right, Use], granted: set[Right]) -> list[st
             for right in sorted(set(used) - granted)]
 
 
-# Granted for code the suite cannot run, each with the reason; shown in the table as "optional".
-UNEXERCISED = {
-    Right("dockertoken-source", "create", "", "events"):
-        "the adapter records SinkSendFailed Events only with Knative's sink-event-error-reporting on",
-    Right("dockertoken-source", "patch", "", "events"):
-        "the adapter records SinkSendFailed Events only with Knative's sink-event-error-reporting on",
-}
-
-
 def granted_but_not_used(used: dict[Right, Use], granted: set[Right]) -> list[str]:
     return [f"{right}: granted by {RBAC_FILE.relative_to(ROOT)} but no request of "
             f"{IDENTITIES[right.identity]} and no access check used it in the whole suite; remove "
-            f"it, or test the code that needs it"
-            for right in sorted(granted - set(used)) if right not in UNEXERCISED]
+            f"it, or test the code that needs it" for right in sorted(granted - set(used))]
 
 
 # -- plugin hooks --------------------------------------------------------------------------------
