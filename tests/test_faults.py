@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests import checks
+from function.model import CLAIM_LABEL_PREFIX
+from tests import checks, harness
 from tests.env import Env, G, P, V
 from tests.quaysim import ADMIN_TOKEN
 
@@ -183,49 +184,69 @@ def test_quay_down_for_every_call_then_back(env: Env) -> None:
     checks.assert_converged(env)
 
 
-def _later(seconds: float, job: Callable[[], Any]) -> Any:
-    time.sleep(seconds)
-    return job()
+def test_object_changed_while_its_pass_lists_tokens_gets_409_and_restarts(env: Env) -> None:
+    """The lease is a compare-and-swap: an edit between the pass's read and its lease write makes
+    that write fail (409), and the pass starts again from a fresh read.
 
-
-def test_object_changed_while_quay_was_slow_gets_409_and_restarts(env: Env) -> None:
-    """The lease is a compare-and-swap: an edit between read and write makes it fail (409)."""
+    The edit is made while Quay holds the pass's list call: after the pass read the object,
+    before it writes the lease.
+    """
     env.conn_secret()
     env.dockertoken()
     assert env.send("add").status_code == 204
     env.quay_revoke(env.get()["status"]["uuid"])  # type: ignore[index]
-    conflicts = checks.apiserver_answers(env, code="409")
-    env.quay.inject("list", delay=0.8)
-
-    def touch() -> None:
-        env.custom.patch_namespaced_custom_object(
-            G, V, env.ns, P, "dockertoken-sample", {"metadata": {"labels": {"touched": "yes"}}})
-
-    resp, _ = checks.run_concurrently([env.resync, lambda: _later(0.3, touch)])
+    api = checks.ApiRequests(env)
+    env.quay.inject("list", hold=True)
+    event = harness.resync_event(env.ns, "dockertoken-sample")
+    resync = checks.Background(lambda: harness.post(env.fn.url, event))
+    env.quay.wait_held("list")
+    assert api.passes() == 1  # it has read the object
+    read = env.get()["metadata"]["resourceVersion"]  # type: ignore[index]
+    env.custom.patch_namespaced_custom_object(
+        G, V, env.ns, P, "dockertoken-sample", {"metadata": {"labels": {"touched": "yes"}}})
+    assert env.get()["metadata"]["resourceVersion"] != read  # type: ignore[index]
+    assert not resync.done() and api.count("patch", subresource="status") == 0
+    env.quay.release("list")
+    resp = resync.result()
     assert resp.status_code == 204, resp.text
-    assert checks.apiserver_answers(env, code="409") > conflicts, "no conflict was provoked"
-    env.quay.clear_faults()
+    # the lease write was refused once, then made on a fresh read: one lease, one token
+    assert api.count("patch", subresource="status", code=409) == 1
+    assert api.passes() == 2
+    actions = checks.logged(event, env.fn)["actions"]
+    assert actions.count("take-lease") == 1 and actions.count("create-token") == 1, actions
     checks.assert_converged(env)
-    assert env.get()["metadata"]["labels"] == {"touched": "yes"}  # type: ignore[index]
+    labels = env.get()["metadata"]["labels"]  # type: ignore[index]
+    # the edit is kept; beside it only the claim label the function sets (README "Design notes")
+    assert labels.pop("touched") == "yes" and all(k.startswith(CLAIM_LABEL_PREFIX) for k in labels), labels
 
 
-def test_secret_edited_during_repair_gets_409_and_keeps_the_edit(env: Env) -> None:
+def test_secret_edited_while_its_code_is_fetched_gets_409_and_keeps_the_edit(env: Env) -> None:
+    """The Secret is replaced with the resourceVersion the pass read: an edit made while Quay
+    holds the pass's GET of the code makes the replace fail (409); the next pass keeps the edit."""
     env.conn_secret()
     env.dockertoken()
     assert env.send("add").status_code == 204
     env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
                                      {"stringData": {"tokenCode": "tampered"}})
-    conflicts = checks.apiserver_answers(env, code="409", resource="secrets")
-    env.quay.inject("get", delay=0.8)  # the edited code is fetched again
-
-    def annotate() -> None:
-        env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
-                                         {"metadata": {"annotations": {"team": "blue"}}})
-
-    resp, _ = checks.run_concurrently([env.resync, lambda: _later(0.3, annotate)])
+    api = checks.ApiRequests(env)
+    env.quay.inject("get", hold=True)  # the edited code is fetched again
+    event = harness.resync_event(env.ns, "dockertoken-sample")
+    resync = checks.Background(lambda: harness.post(env.fn.url, event))
+    env.quay.wait_held("get")
+    assert api.passes() == 1  # it has read the Secret
+    env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
+                                     {"metadata": {"annotations": {"team": "blue"}}})
+    assert env.secret_data()["tokenCode"] == "tampered"  # not repaired yet
+    assert not resync.done()
+    env.quay.release("get")
+    resp = resync.result()
     assert resp.status_code == 204, resp.text
-    assert checks.apiserver_answers(env, code="409", resource="secrets") > conflicts
-    env.quay.clear_faults()
+    secret = "dockertoken-sample-ret-secret"
+    assert api.count("update", "secrets", name=secret, code=409) == 1
+    assert api.count("update", "secrets", name=secret, code=200) == 1
+    assert api.passes() == 2
+    actions = checks.logged(event, env.fn)["actions"]
+    assert actions.count("fetch-token") == 2 and actions.count("update-secret") == 1, actions
     checks.assert_converged(env)
     assert env.secret()["metadata"]["annotations"]["team"] == "blue"  # type: ignore[index]
 
