@@ -177,6 +177,10 @@ def event_id(event: tuple[dict[str, str], bytes]) -> str:
     return next(v for k, v in event[0].items() if k.lower() == "ce-id")
 
 
+def event_type(event: tuple[dict[str, str], bytes]) -> str:
+    return next(v for k, v in event[0].items() if k.lower() == "ce-type")
+
+
 def logged(event: tuple[dict[str, str], bytes], *functions: harness.FunctionProcess) -> dict[str, Any]:
     """The function's log line for ``event`` (its outcome, actions, figures), from any of
     ``functions``; it is written before the answer is sent."""
