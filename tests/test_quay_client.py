@@ -184,6 +184,7 @@ def test_recorded_answer(number: str) -> None:
         seen.append(request)
         assert request.method == recorded["method"]
         assert request.url.path.rstrip("/") == recorded["path"].split("?")[0].rstrip("/")
+        assert request.url.query == b"", "the client sends no query parameter"
         assert request.headers["authorization"] == f"Bearer {bearer_of(number)}"
         assert "mozilla" not in request.headers["user-agent"].lower()
         if request.method == "POST" and isinstance(recorded["body"], dict) and isinstance(
