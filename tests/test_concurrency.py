@@ -1,7 +1,9 @@
 """Concurrent deliveries: the creation lease in status lets exactly one POST through.
 
 Two function processes (two pods) share the API server and Quay, as in a cluster scaled to two.
-Events are delivered the way ApiServerSource does (503 is retried with backoff).
+No race is left to timing: the Quay simulator holds the lease holder's POST while the other
+deliveries are made, and the API server's audit log shows where they are (a pass begun, the
+lease polled) before the POST is let go. Each event's log line says what it did.
 """
 
 from __future__ import annotations
