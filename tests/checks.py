@@ -85,12 +85,6 @@ def run_concurrently(jobs: Iterable[Callable[[], Any]]) -> list[Any]:
     return results
 
 
-def apiserver_answers(env: Env, *, code: str, resource: str = "dockertokens") -> int:
-    """How many requests on ``resource`` the API server answered with ``code`` (its own metrics)."""
-    return sum(n for labels, n in env.cp.request_totals()
-               if labels.get("code") == code and labels.get("resource") == resource)
-
-
 class Background(Generic[T]):
     """``job`` running in a thread of its own, started at once; ``result()`` waits for it."""
 
