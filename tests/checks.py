@@ -2,6 +2,11 @@
 
 ``assert_converged`` is the one definition of "nothing duplicated, nothing leaked": Quay holds
 exactly the tokens the DockerTokens reference, and each return Secret holds its object's token.
+
+For races (issue 15), nothing is synchronised by sleeping: a test has the Quay simulator hold a
+request (``inject(endpoint, hold=True)``, ``wait_held``, ``release``), runs deliveries in the
+background (:class:`Background`), learns where they are from the API server's audit log
+(:class:`ApiRequests`) and what each did from its log line (:func:`logged`).
 """
 
 from __future__ import annotations
