@@ -148,10 +148,9 @@ class QuayClient:
 
     # -- the API ------------------------------------------------------------------------------
 
-    def list_tokens(self, *, expiring: bool = False) -> list[Token]:
+    def list_tokens(self) -> list[Token]:
         """All tokens of the user, expired ones included (Quay lists them until revoked)."""
-        params = {"expiring": "true"} if expiring else None
-        body = self._call("GET", TOKENS_PATH, params=params)
+        body = self._call("GET", TOKENS_PATH)
         tokens = body.get("tokens")
         if not isinstance(tokens, list):
             raise self._shape_error("GET", TOKENS_PATH, body, "tokens")
@@ -172,14 +171,6 @@ class QuayClient:
     def revoke_token(self, uuid: str) -> None:
         """Revoke a token (expired ones too); QuayNotFound if unknown or already revoked."""
         self._call("DELETE", _token_path(uuid), expect_body=False)
-
-    def whoami(self) -> str:
-        """The username the credentials act for (needs user:read or user:admin)."""
-        body = self._call("GET", "/api/v1/user/")
-        username = body.get("username")
-        if not isinstance(username, str) or not username:
-            raise self._shape_error("GET", "/api/v1/user/", body, "username")
-        return username
 
     # -- the registry -------------------------------------------------------------------------
 
@@ -263,23 +254,23 @@ class QuayClient:
     # -- requests -----------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, json: Any = None,
-              params: dict[str, str] | None = None, expect_body: bool = True) -> dict[str, Any]:
+              expect_body: bool = True) -> dict[str, Any]:
         """One API call with session upkeep; returns the JSON object of a 2xx answer."""
         session_is_new = False
         if self._uses_session and not self._signed_in:
             self._sign_in()
             session_is_new = True
-        response = self._send(method, path, json=json, params=params)
+        response = self._send(method, path, json=json)
         if self._uses_session and response.status_code == 401:
             error_type = _error_type(response)
             if error_type == "fresh_login_required":
                 self._verify_password()
-                response = self._send(method, path, json=json, params=params)
+                response = self._send(method, path, json=json)
             elif error_type == "invalid_token" and not session_is_new:
                 # A sign-out of the same user elsewhere ends every session: sign in again once.
                 self._signed_in = False
                 self._sign_in()
-                response = self._send(method, path, json=json, params=params)
+                response = self._send(method, path, json=json)
             if response.status_code == 401 and _error_type(response) == "invalid_token":
                 # The password was just accepted, so the session itself was lost: a race.
                 raise QuayTransient(
@@ -389,8 +380,7 @@ class QuayClient:
         if status in (400, 415):
             error = QuayInvalidRequest(f"{where}: Quay answered {status}: {text}")
         elif status == 401:
-            error = QuayAuthError(f"{where}: Quay answered 401 ({text}): {self._who()} was not "
-                                  f"accepted{_scope_hint(path)}")
+            error = QuayAuthError(f"{where}: Quay answered 401 ({text}): {self._who()} was not accepted")
         elif status == 403 and error_type == "insufficient_scope":
             error = QuayAuthError(f"{where}: Quay answered 403 ({text}): the OAuth token lacks "
                                   "a scope; the token needs the user:admin scope")
@@ -612,12 +602,6 @@ def _field(response: httpx.Response, key: str) -> object:
 def _error_type(response: httpx.Response) -> str | None:
     value = _field(response, "error_type")
     return value if isinstance(value, str) else None
-
-
-def _scope_hint(path: str) -> str:
-    if path == "/api/v1/user/":
-        return " (this endpoint also answers 401 to a token without user:read or user:admin)"
-    return ""
 
 
 def _excerpt(text: str) -> str:

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests import checks
-from tests.env import Env, G, P, V
+from function.model import CLAIM_LABEL_PREFIX
+from tests import checks, harness
+from tests.env import Env, G, P, V, wait_for
 from tests.quaysim import ADMIN_TOKEN
 
 # The connection Secret's timeout: hangs and slow answers cost one second each.
 TIMEOUT = 1.0
-# Longer than TIMEOUT, so the client gives up first; short of the function's second look at
-# a failed POST (TIMEOUT later), so a late-made token is there by then.
+# Longer than TIMEOUT, so the client gives up first.
 SLOW = 1.4
 
 
@@ -83,10 +83,6 @@ SCENARIOS = [
 ]
 
 
-def _last_log_line(env: Env) -> str:
-    return [line for line in env.fn.logs().splitlines() if env.ns in line][-1]
-
-
 def _connection(env: Env) -> None:
     env.conn_secret(host=env.quay.base_url, token=ADMIN_TOKEN, timeout=str(TIMEOUT))
 
@@ -97,15 +93,12 @@ def test_quay_fault_is_recorded_then_converges(env: Env, scenario: Scenario, fau
     _connection(env)
     verb = scenario.prepare(env)
     calls = env.quay_calls(scenario.endpoint)
+    if scenario.endpoint == "create" and fault.completes_late:
+        _post_completed_after_the_client_gave_up(env, verb)
+        return
     env.quay.inject(scenario.endpoint, **fault.arm)
     started = time.monotonic()
     resp = env.send(verb)
-    if scenario.endpoint == "create" and fault.completes_late:
-        # the token Quay made after the client gave up is found and adopted at once
-        assert resp.status_code == 204, resp.text
-        checks.assert_converged(env)
-        assert "adopt-lost-token" in _last_log_line(env)
-        return
     assert resp.status_code == 204, resp.text
     assert time.monotonic() - started < 3 * TIMEOUT + 2, "the client timeout was not honoured"
     assert env.quay_calls(scenario.endpoint) > calls, "the faulted endpoint was never called"
@@ -116,6 +109,31 @@ def test_quay_fault_is_recorded_then_converges(env: Env, scenario: Scenario, fau
     env.quay.clear_faults()
     assert env.request_reconcile().status_code == 204
     checks.assert_converged(env, title=scenario.title)  # exactly one token: none leaked
+
+
+def _post_completed_after_the_client_gave_up(env: Env, verb: str) -> None:
+    """A slow POST: Quay makes the token after the client gave up on it, before the function
+    looks for it once more; the token is found and adopted at once.
+
+    Quay holds the POST past the client's timeout, then holds the function's second look (the
+    list) while it carries the POST out: the token is certainly made between the two.
+    """
+    env.quay.inject("create", hold=True)
+    event = harness.apiserver_event(verb, env.get())  # type: ignore[arg-type]
+    delivery = checks.Background(lambda: harness.post(env.fn.url, event))
+    env.quay.wait_held("create")
+    env.quay.inject("list", hold=True)
+    env.quay.wait_held("list", timeout=5 * TIMEOUT)  # the client gave up: it looks again
+    assert env.tokens() == [] and not delivery.done()
+    env.quay.release("create")
+    made = wait_for(env.tokens, timeout=5, what="Quay to carry out the POST")
+    env.quay.release("list")
+    resp = delivery.result()
+    assert resp.status_code == 204, resp.text
+    actions = checks.logged(event, env.fn)["actions"]
+    assert "adopt-lost-token" in actions and "create-token" not in actions, actions
+    obj = checks.assert_converged(env)
+    assert obj["status"]["uuid"] == made[0]["uuid"] and env.quay_calls("create") == 1
 
 
 def test_created_then_connection_dropped_adopts_the_orphan(env: Env) -> None:
@@ -183,49 +201,69 @@ def test_quay_down_for_every_call_then_back(env: Env) -> None:
     checks.assert_converged(env)
 
 
-def _later(seconds: float, job: Callable[[], Any]) -> Any:
-    time.sleep(seconds)
-    return job()
+def test_object_changed_while_its_pass_lists_tokens_gets_409_and_restarts(env: Env) -> None:
+    """The lease is a compare-and-swap: an edit between the pass's read and its lease write makes
+    that write fail (409), and the pass starts again from a fresh read.
 
-
-def test_object_changed_while_quay_was_slow_gets_409_and_restarts(env: Env) -> None:
-    """The lease is a compare-and-swap: an edit between read and write makes it fail (409)."""
+    The edit is made while Quay holds the pass's list call: after the pass read the object,
+    before it writes the lease.
+    """
     env.conn_secret()
     env.dockertoken()
     assert env.send("add").status_code == 204
     env.quay_revoke(env.get()["status"]["uuid"])  # type: ignore[index]
-    conflicts = checks.apiserver_answers(env, code="409")
-    env.quay.inject("list", delay=0.8)
-
-    def touch() -> None:
-        env.custom.patch_namespaced_custom_object(
-            G, V, env.ns, P, "dockertoken-sample", {"metadata": {"labels": {"touched": "yes"}}})
-
-    resp, _ = checks.run_concurrently([env.resync, lambda: _later(0.3, touch)])
+    api = checks.ApiRequests(env)
+    env.quay.inject("list", hold=True)
+    event = harness.resync_event(env.ns, "dockertoken-sample")
+    resync = checks.Background(lambda: harness.post(env.fn.url, event))
+    env.quay.wait_held("list")
+    assert api.passes() == 1  # it has read the object
+    read = env.get()["metadata"]["resourceVersion"]  # type: ignore[index]
+    env.custom.patch_namespaced_custom_object(
+        G, V, env.ns, P, "dockertoken-sample", {"metadata": {"labels": {"touched": "yes"}}})
+    assert env.get()["metadata"]["resourceVersion"] != read  # type: ignore[index]
+    assert not resync.done() and api.count("patch", subresource="status") == 0
+    env.quay.release("list")
+    resp = resync.result()
     assert resp.status_code == 204, resp.text
-    assert checks.apiserver_answers(env, code="409") > conflicts, "no conflict was provoked"
-    env.quay.clear_faults()
+    # the lease write was refused once, then made on a fresh read: one lease, one token
+    assert api.count("patch", subresource="status", code=409) == 1
+    assert api.passes() == 2
+    actions = checks.logged(event, env.fn)["actions"]
+    assert actions.count("take-lease") == 1 and actions.count("create-token") == 1, actions
     checks.assert_converged(env)
-    assert env.get()["metadata"]["labels"]["touched"] == "yes"  # type: ignore[index]
+    labels = env.get()["metadata"]["labels"]  # type: ignore[index]
+    # the edit is kept; beside it only the claim label the function sets (README "Design notes")
+    assert labels.pop("touched") == "yes" and all(k.startswith(CLAIM_LABEL_PREFIX) for k in labels), labels
 
 
-def test_secret_edited_during_repair_gets_409_and_keeps_the_edit(env: Env) -> None:
+def test_secret_edited_while_its_code_is_fetched_gets_409_and_keeps_the_edit(env: Env) -> None:
+    """The Secret is replaced with the resourceVersion the pass read: an edit made while Quay
+    holds the pass's GET of the code makes the replace fail (409); the next pass keeps the edit."""
     env.conn_secret()
     env.dockertoken()
     assert env.send("add").status_code == 204
     env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
                                      {"stringData": {"tokenCode": "tampered"}})
-    conflicts = checks.apiserver_answers(env, code="409", resource="secrets")
-    env.quay.inject("get", delay=0.8)  # the edited code is fetched again
-
-    def annotate() -> None:
-        env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
-                                         {"metadata": {"annotations": {"team": "blue"}}})
-
-    resp, _ = checks.run_concurrently([env.resync, lambda: _later(0.3, annotate)])
+    api = checks.ApiRequests(env)
+    env.quay.inject("get", hold=True)  # the edited code is fetched again
+    event = harness.resync_event(env.ns, "dockertoken-sample")
+    resync = checks.Background(lambda: harness.post(env.fn.url, event))
+    env.quay.wait_held("get")
+    assert api.passes() == 1  # it has read the Secret
+    env.core.patch_namespaced_secret("dockertoken-sample-ret-secret", env.ns,
+                                     {"metadata": {"annotations": {"team": "blue"}}})
+    assert env.secret_data()["tokenCode"] == "tampered"  # not repaired yet
+    assert not resync.done()
+    env.quay.release("get")
+    resp = resync.result()
     assert resp.status_code == 204, resp.text
-    assert checks.apiserver_answers(env, code="409", resource="secrets") > conflicts
-    env.quay.clear_faults()
+    secret = "dockertoken-sample-ret-secret"
+    assert api.count("update", "secrets", name=secret, code=409) == 1
+    assert api.count("update", "secrets", name=secret, code=200) == 1
+    assert api.passes() == 2
+    actions = checks.logged(event, env.fn)["actions"]
+    assert actions.count("fetch-token") == 2 and actions.count("update-secret") == 1, actions
     checks.assert_converged(env)
     assert env.secret()["metadata"]["annotations"]["team"] == "blue"  # type: ignore[index]
 

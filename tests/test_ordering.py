@@ -3,8 +3,6 @@ object's current state, so every order converges and none creates or revokes the
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from tests import checks, harness
@@ -14,11 +12,6 @@ from tests.env import FINALIZER, Env, G, P, V
 def _stale(env: Env, verb: str, obj: dict[str, Any], mode: str = "resource") -> int:
     """Deliver an event carrying an old copy of the object."""
     return harness.post(env.fn.url, harness.apiserver_event(verb, obj, mode=mode)).status_code
-
-
-def _later(seconds: float, job: Callable[[], Any]) -> Any:
-    time.sleep(seconds)
-    return job()
 
 
 def test_delete_event_before_add_event_creates_nothing(env: Env) -> None:
@@ -76,26 +69,44 @@ def test_recreated_object_with_the_same_name_gets_its_own_token(env: Env) -> Non
     assert secret["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
 
 
-def test_deletion_during_a_slow_creation_leaks_no_token(env: Env) -> None:
+def test_deletion_during_a_creation_waits_for_it_and_leaks_no_token(env: Env) -> None:
     """The object is deleted while its token is being POSTed: the finalizer must wait for the
-    creation to be recorded, then revoke it; otherwise the token lands on a gone object."""
+    creation to be recorded, then revoke it; otherwise the token lands on a gone object.
+
+    Quay holds the POST; the deletion's delivery is sent then, and is released only once it has
+    read the object again while waiting for the lease.
+    """
     env.conn_secret()
     env.dockertoken()
-    env.quay.inject("create", delay=1.2)
-
-    def delete_then_deliver() -> int:
-        env.delete()
-        return checks.deliver(env, "update").status_code
-
-    add, delete = checks.run_concurrently([lambda: env.send("add"),
-                                           lambda: _later(0.5, delete_then_deliver)])
-    assert add.status_code in (204, 503), add.text
-    assert delete == 204
-    env.quay.clear_faults()
-    checks.deliver(env, "update")  # whatever is still pending
+    env.quay.inject("create", hold=True)
+    add_event = harness.apiserver_event("add", env.get())  # type: ignore[arg-type]
+    add = checks.Background(lambda: harness.post(env.fn.url, add_event))
+    env.quay.wait_held("create")
+    lease = env.get()["status"]["creation"]  # type: ignore[index]
+    assert lease, "the POST is in flight without a lease"
+    env.delete()
+    deleting = env.get()
+    assert deleting is not None and deleting["metadata"]["deletionTimestamp"]
+    api = checks.ApiRequests(env)
+    delete_event = harness.apiserver_event("update", deleting)
+    delete = checks.Background(lambda: harness.post(env.fn.url, delete_event))
+    # its pass read the object, then reads it again while it waits for the lease to go
+    api.wait(2, "get", name="dockertoken-sample", what="the deletion waiting for the lease")
+    assert api.passes() == 1 and not delete.done() and not add.done()
+    assert env.get()["status"]["creation"] == lease  # type: ignore[index]
+    assert env.tokens() == [] and env.quay.held("create") == 1
+    env.quay.release("create")
+    assert add.result().status_code == 204, add.result().text
+    assert delete.result().status_code == 204, delete.result().text
     assert env.get() is None
     assert env.tokens() == [], "the token created during deletion leaked"
     assert env.secret() is None
+    # the token was recorded on the object, then revoked by its finalization, once
+    added, deleted = checks.logged(add_event, env.fn), checks.logged(delete_event, env.fn)
+    assert "create-token" in added["actions"], added
+    actions = added["actions"] + deleted["actions"]
+    assert actions.count("revoke-token") == 1 and "revoke-unrecorded-token" not in actions, actions
+    assert env.quay_calls("create") == 1
 
 
 def test_same_title_objects_never_revoke_each_others_token(env: Env) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.checks import run_concurrently
+from tests.checks import Background, run_concurrently
+from tests.env import wait_for
 from tests.quaysim import (
     ADMIN_TOKEN,
     ALLSCOPES_TOKEN,
@@ -508,6 +509,68 @@ def test_injected_delay_drop_hang_after(sim: QuaySimulator) -> None:
             client.get(TOKENS, timeout=0.3)
         assert time.monotonic() - started < 2
         assert client.get(TOKENS).status_code == 200
+
+
+def test_held_request_waits_for_the_release(sim: QuaySimulator) -> None:
+    """``hold``: the request is counted and kept in flight, the operation not yet performed,
+    other requests are served meanwhile; after ``release`` it is served, and the hold is spent."""
+    sim.inject("create", hold=True)
+    with api(sim) as client, api(sim) as other:
+        answer = Background(lambda: client.post(TOKENS, json={"title": "held"}))
+        sim.wait_held("create")
+        assert sim.held("create") == sim.held() == 1 and sim.held("list") == 0
+        assert sim.calls["create"] == 1 and sim.tokens() == []
+        assert other.get(TOKENS).json()["tokens"] == []  # not held: served at once
+        assert not answer.done()
+        assert sim.release("create") == 1
+        assert answer.result(timeout=5).status_code == 200
+        assert [t["title"] for t in sim.tokens()] == ["held"] and sim.held() == 0
+        assert other.post(TOKENS, json={"title": "free"}).status_code == 200
+    with pytest.raises(TimeoutError, match=r"'create' request\(s\) not held within 0.1 s; held now: none"):
+        sim.wait_held("create", timeout=0.1)
+
+
+def test_holds_by_count_with_other_faults_and_a_client_that_gave_up(sim: QuaySimulator) -> None:
+    sim.inject("*", hold=True, times=2)
+    sim.inject("create", statuses=[503])
+    with api(sim) as client, api(sim) as other:
+        first = Background(lambda: client.post(TOKENS, json={"title": "x"}))
+        second = Background(lambda: other.get(TOKENS))
+        sim.wait_held(count=2)
+        assert sim.held("create") == sim.held("list") == 1
+        assert sim.release("list") == 1
+        assert second.result(timeout=5).status_code == 200
+        assert sim.held() == 1 and not first.done()
+        assert sim.release() == 1
+        assert first.result(timeout=5).status_code == 503  # released, then the fault armed with it
+        assert sim.tokens() == []
+        # a client that gave up while held: the operation is performed all the same
+        sim.inject("create", hold=True)
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(TOKENS, json={"title": "late"}, timeout=0.3)
+        sim.wait_held("create")
+        assert sim.release() == 1
+        wait_for(lambda: [t["title"] for t in sim.tokens()] == ["late"], timeout=5,
+                 what="the late creation")
+
+
+def test_clear_faults_and_stop_release_held_requests() -> None:
+    sim = QuaySimulator().start()
+    sim.inject("list", hold=True, times=3)
+    with api(sim) as client:
+        third = Background(lambda: client.get(TOKENS))
+        sim.wait_held("list")
+        sim.clear_faults()
+        assert third.result(timeout=5).status_code == 200
+        assert sim.held() == 0 and client.get(TOKENS).status_code == 200  # disarmed
+        sim.inject("list", hold=True)
+        stuck = Background(lambda: client.get(TOKENS))
+        sim.wait_held("list")
+        started = time.monotonic()
+        sim.stop()
+        assert time.monotonic() - started < 2
+        with pytest.raises(httpx.HTTPError):
+            stuck.result(timeout=5)
 
 
 def test_stop_does_not_wait_for_hanging_or_idle_connections() -> None:

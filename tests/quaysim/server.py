@@ -198,6 +198,7 @@ class QuaySimulator:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.faults.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -336,7 +337,7 @@ class QuaySimulator:
 
     def inject(self, endpoint: str, *, statuses: list[int] | tuple[int, ...] = (),
                delay: float | None = None, drop: int = 0, hang: float | None = None,
-               times: int = 1, after: int = 0) -> None:
+               times: int = 1, after: int = 0, hold: bool = False) -> None:
         """Arm faults for ``endpoint`` (or ``"*"``), applied before the real operation.
 
         ``statuses``: answer these in order (5xx/429 as proxy error pages), then normally.
@@ -344,11 +345,30 @@ class QuaySimulator:
         connection without answering, that many times. ``hang``: hold the request that many
         seconds then close it, ``times`` times. ``after``: perform the operation, then reset
         the connection instead of answering (the client fails although the token exists).
+        ``hold``: block the next ``times`` requests until :meth:`release` (:meth:`wait_held`
+        returns once one is blocked), then serve them with whatever else is armed. A test acts
+        while the request is certainly in flight; a client that gives up meanwhile leaves the
+        operation to be performed all the same, as a real server would.
         """
         self.faults.inject(endpoint, statuses=statuses, delay=delay, drop=drop, hang=hang,
-                           times=times, after=after)
+                           times=times, after=after, hold=hold)
+
+    def wait_held(self, endpoint: str = "*", count: int = 1, timeout: float = 10.0) -> None:
+        """Return once ``count`` requests of ``endpoint`` are held (see ``inject(hold=True)``);
+        TimeoutError, naming what is held, if that does not happen within ``timeout`` s."""
+        self.faults.wait_held(endpoint, count, timeout)
+
+    def held(self, endpoint: str = "*") -> int:
+        """How many requests of ``endpoint`` (of any with ``"*"``) are being held now."""
+        return self.faults.held(endpoint)
+
+    def release(self, endpoint: str = "*") -> int:
+        """Let the held requests of ``endpoint`` (all with ``"*"``) go on; returns how many.
+        Holds armed and not yet taken stay armed (``clear_faults`` disarms them)."""
+        return self.faults.release(endpoint)
 
     def clear_faults(self) -> None:
+        """Disarm every fault and release every held request."""
         self.faults.clear()
 
     # -- serving -------------------------------------------------------------------------------
@@ -365,6 +385,11 @@ class QuaySimulator:
             self.state.add_cpu(cost)
             self._stopping.wait(cost)
         plan = self.faults.take(endpoint)
+        if plan.hold:
+            self.faults.hold(endpoint, self._stopping)
+            if self._stopping.is_set():  # stopped while held: no answer, nothing performed
+                handler.drop()
+                return
         if plan.delay:
             self._stopping.wait(plan.delay)
         if plan.hang is not None:
