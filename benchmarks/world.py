@@ -8,6 +8,7 @@ connection's namespace, with its own return Secret ``<name>-pull`` beside it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 from kubernetes import client
 
+from function.pullsecret import MANAGED_BY, MANAGED_BY_LABEL
 from tests import harness
 from tests.controlplane import ControlPlane
 from tests.quaysim import QuaySimulator
@@ -283,6 +285,41 @@ class World:
     def delete_secret(self, o: Obj) -> None:
         self.core.delete_namespaced_secret(o.ret_secret, o.namespace)
 
+    def delete(self, objs: list[Obj], concurrency: int = 8) -> None:
+        """Ask for deletion (the finalizer keeps each object until the function lets it go)."""
+        custom = self.custom
+
+        def one(o: Obj) -> None:
+            custom.delete_namespaced_custom_object(G, V, o.namespace, P, o.name)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, objs))
+
+    def existing(self, objs: list[Obj]) -> int:
+        """How many of ``objs`` still exist (one list of all DockerTokens)."""
+        wanted = {(o.namespace, o.name) for o in objs}
+        items = self.custom.list_cluster_custom_object(G, V, P)["items"]
+        return sum((i["metadata"]["namespace"], i["metadata"]["name"]) in wanted for i in items)
+
+    def sizes(self) -> dict[str, float]:
+        """Average bytes of one DockerToken and of one pull Secret as the API server serves them in
+        a list (JSON, with managedFields: what a page of 500 costs), and of a connection Secret."""
+        out = {}
+        pull = {"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
+        for what, path, params in (("dockertoken", f"/apis/{G}/{V}/{P}", {}),
+                                   ("pull secret", "/api/v1/secrets", pull)):
+            resp = httpx.get(f"{self.cp.url}{path}", params={"limit": 500, **params},
+                             verify=str(self.cp.ca_file),
+                             headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}, timeout=60)
+            items = resp.json().get("items") or []
+            out[what] = len(resp.content) / max(len(items), 1)
+        conn = self.conns[0]
+        out["connection secret"] = len(httpx.get(
+            f"{self.cp.url}/api/v1/namespaces/{conn.namespace}/secrets/{conn.secret}",
+            verify=str(self.cp.ca_file), headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"},
+            timeout=60).content)
+        return out
+
     def ready_report(self, objs: list[Obj]) -> tuple[int, int]:
         """(objects whose Ready condition is True, return Secrets that exist) among ``objs``."""
         wanted = {(o.namespace, o.name) for o in objs}
@@ -309,6 +346,25 @@ class World:
 
     def counts(self) -> Counts:
         return Counts(Counter(self.quay.calls), self.quay.simulated_cpu_seconds, self.api_requests())
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.cp.url}/metrics", verify=str(self.cp.ca_file), timeout=30,
+                         headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}).text
+
+    def response_bytes(self) -> Counter[tuple[str, str]]:
+        """Bytes the kube-apiserver answered on dockertokens and secrets, per (verb, resource), from
+        the sum of its ``apiserver_response_sizes`` histogram (GET/LIST/WATCH bodies)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for line in self.metrics().splitlines():
+            if not line.startswith("apiserver_response_sizes_sum{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            resource = labels.get("resource")
+            if resource in ("dockertokens", "secrets"):
+                if labels.get("subresource"):
+                    resource = f"{resource}/{labels['subresource']}"
+                out[(labels.get("verb", ""), resource)] += int(float(line.rsplit(" ", 1)[1]))
+        return out
 
     def api_requests(self) -> Counter[tuple[str, str]]:
         """Requests the kube-apiserver served on dockertokens and secrets, from its own /metrics."""
