@@ -76,9 +76,9 @@ def parse(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     base = QUICK if args.quick else Settings()
     chosen = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in asdict(base).items()}
     s = Settings(**chosen)
-    if s.conns < 4 or s.objects < max(20 + s.sample + s.broken, s.noops, 3 * s.conns, s.bulk_sample,
+    if s.conns < 5 or s.objects < max(20 + s.sample + s.broken, s.noops, 3 * s.conns, s.bulk_sample,
                                       s.touches):
-        p.error("--objects too small for --sample/--broken/--noops/--bulk-sample/--touches (or --conns < 4)")
+        p.error("--objects too small for --sample/--broken/--noops/--bulk-sample/--touches (or --conns < 5)")
     return s, args
 
 
@@ -161,9 +161,9 @@ def events_and_calls(world: World, objs: list[Obj], extras: list[Obj], s: Settin
         r.noop, r.bare_noop = latency.noops_vs_bare(poster, bare_poster, objs[:s.noops])
         progress("figure 2: counted scenarios")
         by_conn = {c: [o for o in objs if o.conn == c] for c in world.conns}
-        c1, c2, c3 = world.conns[1:4]
+        c1, c2, c3, c4 = world.conns[1:5]
         r.steady = calls.steady_scenarios(world, fn, poster, [by_conn[c1][1], by_conn[c1][2],
-                                                              by_conn[c2][1], by_conn[c3][1]])
+                                                              by_conn[c2][1], by_conn[c3][1], by_conn[c4][1]])
         progress(f"the {len(extras)} objects of figures 1-2 deleted through the function")
         r.delete_seconds = bulk.delete_through(world, fn, extras, s.setup_concurrency)
     finally:

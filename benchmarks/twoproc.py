@@ -3,8 +3,9 @@
 The load is a full resync's worth of events (one resync event per Ready DockerToken, a new resync
 run each time, so each process lists each connection's tokens once): the high-volume,
 CPU-bound work of the function. The same ``in_flight`` events are kept outstanding in both
-cases (twice a process's THREADS, so one process is saturated), posted round-robin: event i goes
-to process i mod 2. Rounds alternate the order (one, two / two, one) so both see the same noise.
+cases (twice a process's THREADS, so one process is saturated), posted round-robin in a shuffled
+order of the objects: event i goes to process i mod 2. Rounds alternate the order (one, two /
+two, one) so both see the same noise.
 
 Everything shares this machine's 2 cores with the kube-apiserver and etcd, which serve 3 GETs per
 event: the ratio says how much a second process gains *here*; the CPU split says why.
@@ -12,6 +13,7 @@ event: the ratio says how much a second process gains *here*; the CPU split says
 
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,8 @@ class TwoProcesses:
 
 def _load(world: World, fns: list[Function], posters: list[Poster], objs: list[Obj], wave: str,
           in_flight: int) -> Load:
+    """Event i of ``objs`` goes to process i mod len(fns). ``objs`` is shuffled: in list order,
+    object i uses connection i mod 10, so round-robin would give each process half the connections."""
     failures = []
 
     def one(i: int) -> None:
@@ -73,6 +77,7 @@ def _load(world: World, fns: list[Function], posters: list[Poster], objs: list[O
 
 def measure(world: World, objs: list[Obj], *, threads: int, rounds: int) -> TwoProcesses:
     out = TwoProcesses(in_flight=2 * threads, threads=threads)
+    objs = random.Random(14).sample(objs, len(objs))  # the same order in every run
     fns = [Function(world, threads=threads).start() for _ in range(2)]
     posters = [Poster(f.url) for f in fns]
     try:

@@ -240,6 +240,7 @@ def _resync(world: World, fn: Function, objs: list[Obj], results: list[ModeResul
     skip = {o.name: len(_since(fn, o, RESYNC_EVENT, 0)) for o in objs}
     run = fullresync.resync(world, fn, concurrency=8, sample=objs, label=f"failing, {attr}",
                             threads=10, allow_failures=True)
+    time.sleep(0.5)  # the log line of the last answer
     for o, r in zip(objs, results, strict=True):
         setattr(r, attr, _per_object(_since(fn, o, RESYNC_EVENT, skip[o.name])))
     return run.returncode
