@@ -466,6 +466,9 @@ class Results:
             t.note(f"      {calls.WHY[sc.key]}")
         if self.failures():
             t.note(f"Non-2xx answers: {len(self.failures())}: {self.failures()[:5]}")
+        if latency.Poster.total_retries:
+            t.note("Deliveries sent again after a broken keep-alive connection: "
+                   f"{latency.Poster.total_retries}.")
 
     def raw(self) -> dict[str, Any]:
         def run(x: fullresync.ResyncRun | None) -> dict[str, Any]:
