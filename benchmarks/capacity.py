@@ -4,8 +4,8 @@ Everything here is arithmetic on what the run measured (named in :class:`Inputs`
 measured at 10k or 100k objects. The assumptions are the deployed defaults (knative/base):
 resync every 10 minutes with ``activeDeadlineSeconds: 540`` and ``RESYNC_CONCURRENCY=8``; the
 Service's autoscaling target of 8 concurrent requests per pod (so a resync at concurrency k
-keeps about ceil(k / 8) pods busy, up to max-scale 3), a CPU limit of 1 per pod; one
-ApiServerSource, whose adapter delivers one event at a time.
+keeps about ceil(k / 8) pods busy, up to max-scale 3), a CPU limit of 1 per pod and of 0.5 for
+the resync command; one ApiServerSource, whose adapter delivers one event at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ PAGE = 500                     # function/kube.py PAGE_SIZE, the resync command'
 OAUTH_CPU = 0.255              # seconds of Quay CPU per OAuth-authenticated request (bcrypt)
 RESYNC_PERIOD = 600.0
 RESYNC_DEADLINE = 540.0        # knative/base/cronjob.yaml activeDeadlineSeconds
+RESYNC_CPU_LIMIT = 0.5         # knative/base/cronjob.yaml: the resync container's CPU limit
 TARGET_PER_POD = 8             # autoscaling.knative.dev/target
 MAX_SCALE = 3
 READS_PER_EVENT = 3            # the object, its connection Secret, its return Secret
@@ -35,6 +36,7 @@ class Inputs:
     fn_cpu: float           # fig. 4: function CPU seconds per resync event (full resync)
     api_cpu: float          # fig. 4: kube-apiserver CPU seconds per resync event
     etcd_cpu: float         # fig. 4: etcd CPU seconds per resync event
+    cmd_cpu: float          # fig. 4: the resync command's CPU seconds per event (client side)
     latency: float          # fig. 4: seconds per resync event at concurrency 1, warm cache
     noop_rate: float        # fig. 8: no-op update events per second through one watch
     creation_rate: float    # fig. 8: new objects per second through one watch (add + echoes)
@@ -52,6 +54,7 @@ class Row:
     pods: int
     concurrency: int
     resync_seconds: float
+    bound: str
     api_requests: int
     api_pages: int
     api_bytes: float
@@ -62,18 +65,22 @@ class Row:
     bulk_hours: float
 
 
-def resync_seconds(inp: Inputs, objects: int, concurrency: int) -> tuple[float, int]:
-    """(duration of one resync, pods it keeps busy): bounded by the round trip of ``concurrency``
-    events in flight and by the function's CPU on that many pods (1 CPU each)."""
+def resync_seconds(inp: Inputs, objects: int, concurrency: int) -> tuple[float, int, str]:
+    """(duration of one resync, pods it keeps busy, what bounds it): the longest of the round trip
+    of ``concurrency`` events in flight, the function's CPU on that many pods (1 CPU each), and
+    the resync command's own CPU under its limit."""
     pods = min(MAX_SCALE, max(1, math.ceil(concurrency / TARGET_PER_POD)))
-    return max(objects * inp.latency / concurrency, objects * inp.fn_cpu / pods), pods
+    bounds = {"latency": objects * inp.latency / concurrency, "function CPU": objects * inp.fn_cpu / pods,
+              "command CPU": objects * inp.cmd_cpu / RESYNC_CPU_LIMIT}
+    bound = max(bounds, key=lambda k: bounds[k])
+    return bounds[bound], pods, bound
 
 
 def row(inp: Inputs, objects: int, conns: int, concurrency: int = 8) -> Row:
-    seconds, pods = resync_seconds(inp, objects, concurrency)
+    seconds, pods, bound = resync_seconds(inp, objects, concurrency)
     lists = conns * pods  # each pod keeps its own token lists
     return Row(
-        objects, conns, pods, concurrency, seconds,
+        objects, conns, pods, concurrency, seconds, bound,
         api_requests=READS_PER_EVENT * objects + math.ceil(objects / PAGE),
         api_pages=math.ceil(objects / PAGE),
         api_bytes=objects * inp.obj_bytes + objects * (inp.obj_bytes + inp.conn_bytes + inp.pull_bytes),
@@ -92,9 +99,9 @@ def table(inp: Inputs) -> list[str]:
         for c in CONNECTIONS:
             for k in (8, 24):
                 r = row(inp, n, c, k)
-                late = " (over the 540 s deadline)" if r.resync_seconds > RESYNC_DEADLINE else ""
+                late = ", over the 540 s deadline" if r.resync_seconds > RESYNC_DEADLINE else ""
                 out.append(
-                    f"{n:>7,} | {c:>3} | {k:>2} -> {r.pods} | {r.resync_seconds:7.0f} s{late} | "
+                    f"{n:>7,} | {c:>3} | {k:>2} -> {r.pods} | {r.resync_seconds:4.0f} s ({r.bound}{late}) | "
                     f"{r.api_requests:,} req., {r.api_pages} pages, {r.api_bytes / 2**20:,.0f} MiB, "
                     f"{r.api_cpu:,.0f} CPU s | {r.quay_lists} lists, {r.quay_cpu:.0f} s | "
                     f"{r.memory_mib:.0f} MiB | {r.bulk_hours:.1f} h")

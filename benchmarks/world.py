@@ -8,7 +8,6 @@ connection's namespace, with its own return Secret ``<name>-pull`` beside it.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -351,20 +350,20 @@ class World:
         return httpx.get(f"{self.cp.url}/metrics", verify=str(self.cp.ca_file), timeout=30,
                          headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}).text
 
-    def response_bytes(self) -> Counter[tuple[str, str]]:
-        """Bytes the kube-apiserver answered on dockertokens and secrets, per (verb, resource), from
-        the sum of its ``apiserver_response_sizes`` histogram (GET/LIST/WATCH bodies)."""
-        out: Counter[tuple[str, str]] = Counter()
-        for line in self.metrics().splitlines():
-            if not line.startswith("apiserver_response_sizes_sum{"):
-                continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            resource = labels.get("resource")
-            if resource in ("dockertokens", "secrets"):
-                if labels.get("subresource"):
-                    resource = f"{resource}/{labels['subresource']}"
-                out[(labels.get("verb", ""), resource)] += int(float(line.rsplit(" ", 1)[1]))
-        return out
+    def list_bytes(self, label_selector: str | None = None) -> tuple[int, int]:
+        """(bytes, pages) of one list of DockerTokens as the function makes it (JSON, pages of 500,
+        optionally by label), read as the reconciler identity."""
+        params: dict[str, Any] = {"limit": 500}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        total = pages = 0
+        while True:
+            resp = httpx.get(f"{self.cp.url}/apis/{G}/{V}/{P}", params=params, verify=str(self.cp.ca_file),
+                             headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}, timeout=60)
+            total, pages = total + len(resp.content), pages + 1
+            params["continue"] = (resp.json().get("metadata") or {}).get("continue")
+            if not params["continue"]:
+                return total, pages
 
     def api_requests(self) -> Counter[tuple[str, str]]:
         """Requests the kube-apiserver served on dockertokens and secrets, from its own /metrics."""
