@@ -36,7 +36,7 @@ class Inputs:
     fn_cpu: float           # fig. 4: function CPU seconds per resync event (full resync)
     api_cpu: float          # fig. 4: kube-apiserver CPU seconds per resync event
     etcd_cpu: float         # fig. 4: etcd CPU seconds per resync event
-    cmd_cpu: float          # fig. 4: the resync command's CPU seconds per event (client side)
+    cmd_cpu: float          # fig. 4: the resync command's CPU seconds per event, start-up excluded
     latency: float          # fig. 4: seconds per resync event at concurrency 1, warm cache
     noop_rate: float        # fig. 8: no-op update events per second through one watch
     creation_rate: float    # fig. 8: new objects per second through one watch (add + echoes)

@@ -414,12 +414,20 @@ class Results:
               f"add p50 {sr.add_p50_ms:.0f} ms")
         t.add("8", "  adapter peak RSS (VmHWM)", f"{w.adapter_rss_kib / 1024:.0f} MB")
 
+    def command_cpu(self) -> float:
+        """The resync command's CPU per event, without its start-up: the full run's less the serial
+        baseline's (same command, fewer objects), per object of difference."""
+        assert self.full and self.serial
+        full, serial = self.full, self.serial
+        extra = full.cpu.get("resync command", 0.0) - serial.cpu.get("resync command", 0.0)
+        return max(extra, 0.0) / max(full.objects - serial.objects, 1)
+
     def capacity_inputs(self) -> capacity.Inputs:
         assert self.full and self.one and self.fig8 and self.sizes
         n = self.full.objects
         return capacity.Inputs(
             fn_cpu=self.full.cpu["function"] / n, api_cpu=self.full.cpu.get("kube-apiserver", 0.0) / n,
-            etcd_cpu=self.full.cpu.get("etcd", 0.0) / n, cmd_cpu=self.full.cpu.get("resync command", 0.0) / n,
+            etcd_cpu=self.full.cpu.get("etcd", 0.0) / n, cmd_cpu=self.command_cpu(),
             latency=self.one.reported / self.one.objects,
             noop_rate=self.fig8.serial.noop_rate, creation_rate=self.fig8.serial.creation_rate,
             obj_bytes=self.sizes["dockertoken"], pull_bytes=self.sizes["pull secret"],
