@@ -18,13 +18,16 @@ from tests import harness
 # Why each call that remains is needed, per scenario (checked against the counts at run time).
 WHY = {
     "add": (
-        "Quay list: adoption check before creating (a token with this title that no DockerToken "
-        "claims, left by a creator that died after POST or by the Ansible operator, is adopted, "
-        "not duplicated); Quay create: the token. Writes: finalizer (PATCH dockertokens), lease "
-        "(PATCH status, compare-and-swap so only one delivery POSTs), UUID recorded right after "
-        "the POST (PATCH status; what makes the token ours if anything fails later), pull Secret "
-        "(POST secrets), Ready condition (PATCH status). Reads: the object, connection Secret, "
-        "return Secret, and one DockerToken list (claimed UUIDs, concurrent same-title creators)."
+        "Quay create: the token. Quay list (only when this process has no list of that connection "
+        "younger than 60 s): adoption check before creating (a token with this title that no "
+        "DockerToken claims, left by a creator that died after POST or by the Ansible operator, is "
+        "adopted, not duplicated); the process adds what it creates to its list, so a burst on one "
+        "connection lists once. Writes: finalizer and claim label (PATCH dockertokens), lease "
+        "(PATCH status, compare-and-swap so only one delivery POSTs), UUID recorded right after the "
+        "POST (PATCH status; what makes the token ours if anything fails later), pull Secret (POST "
+        "secrets), Ready condition (PATCH status). Reads: the object, connection Secret, return "
+        "Secret, and one DockerToken list by claim label (only the objects with this title on this "
+        "Quay: claimed UUIDs, concurrent same-title creators)."
     ),
     "noop": (
         "Nothing remains: the object, connection Secret and return Secret are read (3 GETs), "
@@ -46,8 +49,13 @@ WHY = {
     ),
     "resync-token-revoked": (
         "Quay list (cold cache): the UUID is missing; Quay get: confirms it is gone (404) before "
-        "anything is replaced; Quay list: adoption check; Quay create: the replacement. Writes: "
-        "lease, UUID, Secret update (PUT), Ready=TokenReplaced."
+        "anything is replaced; the adoption check reuses that list; Quay create: the replacement. "
+        "Writes: lease, UUID, Secret update (PUT), Ready=TokenReplaced. Read: the claim list."
+    ),
+    "resync-used": (
+        "Quay list (a new resync run): the token is there, its lastAccessed moved. Write: PUT the "
+        "Secret (its lastAccessed key); status unchanged. So a resync writes one Secret per token "
+        "used since the previous resync (up to one per object), never status."
     ),
 }
 
@@ -97,9 +105,9 @@ def add_scenario(world: World, fn: Function, poster: Poster, o: Obj) -> Scenario
 
 
 def steady_scenarios(world: World, fn: Function, poster: Poster, objs: list[Obj]) -> list[Scenario]:
-    """Needs four Ready objects: a, b on one connection; c, d on two others, all caches cold."""
-    a, b, c, d = objs
-    assert a.conn == b.conn and len({a.conn, c.conn, d.conn}) == 3
+    """Needs five Ready objects: a, b on one connection; c, d, e on three others, caches cold."""
+    a, b, c, d, e = objs
+    assert a.conn == b.conn and len({a.conn, c.conn, d.conn, e.conn}) == 4
     out = []
     s = measure(world, fn, poster, "noop", "no-op update event (own status write echoed)",
                 event("update", a))
@@ -121,6 +129,10 @@ def steady_scenarios(world: World, fn: Function, poster: Poster, objs: list[Obj]
     world.quay.state.revoke_token(d.conn.user, uuid)
     s = measure(world, fn, poster, "resync-token-revoked", "resync, token revoked in Quay by hand",
                 harness.resync_event(d.namespace, d.name))
+    out.append(s)
+    world.quay.state.touch(world.get(e)["status"]["uuid"])
+    s = measure(world, fn, poster, "resync-used", "resync, token used since (lastAccessed moved)",
+                harness.resync_event(e.namespace, e.name))
     out.append(s)
     return out
 

@@ -99,6 +99,7 @@ def import_costs() -> dict[str, float]:
     probes = {
         "python": "pass",
         "functions_framework": "import functions_framework",
+        "+ httpx": "import functions_framework, httpx",
         "+ function.main": "import functions_framework, function.main",
         "+ kubernetes (first event)": "import functions_framework, function.main, kubernetes.client",
     }

@@ -34,11 +34,14 @@ class Samples:
 class Poster:
     """POSTs events over keep-alive connections (one client per thread), as ApiServerSource does."""
 
+    total_retries = 0  # every Poster's, for the table's notes
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
         self._lock = threading.Lock()
+        self.retries = 0  # deliveries sent again after a broken connection
 
     def _client(self) -> httpx.Client:
         c = getattr(self._local, "client", None)
@@ -49,9 +52,20 @@ class Poster:
         return c
 
     def post(self, event: tuple[dict[str, str], bytes]) -> tuple[float, int]:
+        """One delivery; sent again (at most twice) when the connection breaks, as a kept-alive
+        connection that gunicorn closed meanwhile does under load. The time includes the retries."""
         headers, body = event
         started = time.perf_counter()
-        resp = self._client().post(self.url, headers=headers, content=body)
+        for attempt in range(3):
+            try:
+                resp = self._client().post(self.url, headers=headers, content=body)
+                break
+            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                if attempt == 2:
+                    raise
+                with self._lock:
+                    self.retries += 1
+                    Poster.total_retries += 1
         return time.perf_counter() - started, resp.status_code
 
     def close(self) -> None:

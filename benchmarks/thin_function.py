@@ -32,7 +32,7 @@ class _Reads:
         self.http = httpx.Client(base_url=cluster["server"], verify=cluster["certificate-authority"],
                                  headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
-    def reconcile(self, namespace: str, name: str, *, verify_quay: bool = False) -> Any:
+    def reconcile(self, namespace: str, name: str, **_: Any) -> Any:
         base = f"/namespaces/{namespace}"
         dt = self.http.get(f"/apis/quay.herve4m.github.io/v1alpha1{base}/dockertokens/{name}").json()
         for ref in ("connSecretRef", "retSecretRef"):

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from kubernetes import client
 
+from function.pullsecret import MANAGED_BY, MANAGED_BY_LABEL
 from tests import harness
 from tests.controlplane import ControlPlane
 from tests.quaysim import QuaySimulator
@@ -283,6 +284,41 @@ class World:
     def delete_secret(self, o: Obj) -> None:
         self.core.delete_namespaced_secret(o.ret_secret, o.namespace)
 
+    def delete(self, objs: list[Obj], concurrency: int = 8) -> None:
+        """Ask for deletion (the finalizer keeps each object until the function lets it go)."""
+        custom = self.custom
+
+        def one(o: Obj) -> None:
+            custom.delete_namespaced_custom_object(G, V, o.namespace, P, o.name)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, objs))
+
+    def existing(self, objs: list[Obj]) -> int:
+        """How many of ``objs`` still exist (one list of all DockerTokens)."""
+        wanted = {(o.namespace, o.name) for o in objs}
+        items = self.custom.list_cluster_custom_object(G, V, P)["items"]
+        return sum((i["metadata"]["namespace"], i["metadata"]["name"]) in wanted for i in items)
+
+    def sizes(self) -> dict[str, float]:
+        """Average bytes of one DockerToken and of one pull Secret as the API server serves them in
+        a list (JSON, with managedFields: what a page of 500 costs), and of a connection Secret."""
+        out = {}
+        pull = {"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
+        for what, path, params in (("dockertoken", f"/apis/{G}/{V}/{P}", {}),
+                                   ("pull secret", "/api/v1/secrets", pull)):
+            resp = httpx.get(f"{self.cp.url}{path}", params={"limit": 500, **params},
+                             verify=str(self.cp.ca_file),
+                             headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}, timeout=60)
+            items = resp.json().get("items") or []
+            out[what] = len(resp.content) / max(len(items), 1)
+        conn = self.conns[0]
+        out["connection secret"] = len(httpx.get(
+            f"{self.cp.url}/api/v1/namespaces/{conn.namespace}/secrets/{conn.secret}",
+            verify=str(self.cp.ca_file), headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"},
+            timeout=60).content)
+        return out
+
     def ready_report(self, objs: list[Obj]) -> tuple[int, int]:
         """(objects whose Ready condition is True, return Secrets that exist) among ``objs``."""
         wanted = {(o.namespace, o.name) for o in objs}
@@ -309,6 +345,25 @@ class World:
 
     def counts(self) -> Counts:
         return Counts(Counter(self.quay.calls), self.quay.simulated_cpu_seconds, self.api_requests())
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.cp.url}/metrics", verify=str(self.cp.ca_file), timeout=30,
+                         headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}).text
+
+    def list_bytes(self, label_selector: str | None = None) -> tuple[int, int]:
+        """(bytes, pages) of one list of DockerTokens as the function makes it (JSON, pages of 500,
+        optionally by label), read as the reconciler identity."""
+        params: dict[str, Any] = {"limit": 500}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        total = pages = 0
+        while True:
+            resp = httpx.get(f"{self.cp.url}/apis/{G}/{V}/{P}", params=params, verify=str(self.cp.ca_file),
+                             headers={"Authorization": f"Bearer {self.cp.tokens['admin']}"}, timeout=60)
+            total, pages = total + len(resp.content), pages + 1
+            params["continue"] = (resp.json().get("metadata") or {}).get("continue")
+            if not params["continue"]:
+                return total, pages
 
     def api_requests(self) -> Counter[tuple[str, str]]:
         """Requests the kube-apiserver served on dockertokens and secrets, from its own /metrics."""

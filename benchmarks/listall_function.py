@@ -1,0 +1,56 @@
+"""function/main.py with the creation path as it was before issue 14: the bulk-creation baseline.
+
+Two things change, everything else is the real function:
+
+* the claim and rival checks list **every** DockerToken of the cluster (no label selector), as
+  ``creation.py`` did with ``kube.iter_dockertokens()``: O(N) reads per creation, O(N^2) for a
+  bulk of N;
+* the connection's cached token list is **dropped** after each token this process creates
+  (instead of updated with it), so the next creation on that connection lists again: N
+  creations on one connection cost N lists + N POSTs.
+
+  functions-framework --source benchmarks/listall_function.py --target handle --signature-type cloudevent
+
+Only benchmarks/ patches anything: function/ is imported, never edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import function.main as real
+import function.reconcile as reconcile
+from function.apply import Apply
+from function.cache import TokenListCache
+from function.model import Token
+from function.reconcile import Reconciler
+
+
+class _ListEverything(Apply):
+    def _same_title(self) -> Iterator[dict[str, Any]]:
+        self.outcome.claims_read = 0
+        for obj in self.kube.iter_dockertokens():
+            self.outcome.claims_read += 1
+            yield obj
+
+
+class _DropAfterCreate(TokenListCache):
+    def add(self, key: str, token: Token) -> None:
+        self.invalidate(key)
+
+
+def _reconciler() -> Reconciler:
+    with real._lock:
+        if real._reconciler is None:
+            from function.kube import Kube
+
+            real._reconciler = Reconciler(Kube(), cache=_DropAfterCreate())
+        return real._reconciler
+
+
+# Reconciler.reconcile looks Apply up in function.reconcile's globals, handle() the factory in
+# function.main's, on every event
+reconcile.Apply = _ListEverything  # type: ignore[misc]
+real.reconciler = _reconciler
+handle = real.handle
