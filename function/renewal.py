@@ -11,7 +11,7 @@ token is created, and every pass would rotate it): the default applies instead a
 The resync CronJob is what wakes the function up when nothing changes, so a rotation can only
 happen on a pass: the window between ``renewalTime`` and the expiration must be longer than
 the resync period, or a token may expire between two resyncs before any pass finds it due
-(:func:`resync_window_problem`, :func:`expires_before_next_resync`).
+(:func:`resync_window_problem`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ __all__ = [
     "FIELD",
     "MAX_RENEW_BEFORE",
     "Renewal",
-    "expires_before_next_resync",
     "format_duration",
     "is_due",
     "parse_duration",
@@ -145,20 +144,6 @@ def renewal_time(created: datetime.datetime | None, expiration: datetime.datetim
 def is_due(renewal_at: datetime.datetime | None, now: datetime.datetime) -> bool:
     """Whether a pass at ``now`` must replace the token (never for a token that does not expire)."""
     return renewal_at is not None and renewal_at <= now
-
-
-def expires_before_next_resync(expiration: datetime.datetime | None,
-                               renewal_at: datetime.datetime | None, now: datetime.datetime,
-                               resync_period: datetime.timedelta) -> bool:
-    """True when a pass at ``now`` does not rotate the token (not due yet) although it may expire
-    before the next resync comes (at most ``resync_period`` later) to rotate it.
-
-    False for a token that does not expire, that is due now (this pass rotates it), or that
-    outlives the next resync.
-    """
-    if expiration is None or is_due(renewal_at, now):
-        return False
-    return expiration <= now + resync_period
 
 
 def resync_window_problem(created: datetime.datetime | None,

@@ -2,8 +2,7 @@
 
 As cert-manager's ``secretTemplate``: the template's entries are added to the Secret's own
 labels and annotations, but never replace the marks that say whose Secret it is
-(:data:`MARKS`): a template entry with such a key is ignored (:func:`ignored_marks` lists
-them for a status message). Keys and values follow the rules the API server applies
+(:data:`MARKS`): a template entry with such a key is ignored. Keys and values follow the rules the API server applies
 (``k8s.io/apimachinery`` ``IsQualifiedName``, ``IsValidLabelValue``, the 256 KiB limit on
 all annotations together), so a bad entry is reported as a ConfigError naming it, e.g.
 ``spec.secretTemplate.labels["x y"]``, instead of a refused Secret write.
@@ -17,7 +16,7 @@ from collections.abc import Mapping
 from function.errors import ConfigError
 from function.model import MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION
 
-__all__ = ["FIELD", "MARKS", "apply_template", "ignored_marks", "validate_template"]
+__all__ = ["FIELD", "MARKS", "apply_template", "validate_template"]
 
 FIELD = "spec.secretTemplate"
 # The ownership marks, per kind of metadata map: a template never changes these.
@@ -95,18 +94,6 @@ def apply_template(labels: Mapping[str, str], annotations: Mapping[str, str],
         raise ConfigError(f"{FIELD}.annotations: the Secret's annotations would total {size} "
                           f"bytes; Kubernetes allows at most {ANNOTATIONS_MAX_BYTES}, shorten them")
     return out_labels, out_annotations
-
-
-def ignored_marks(template: object) -> list[str]:
-    """The template entries left out because they would replace an ownership mark, as fields
-    (``spec.secretTemplate.labels["app.kubernetes.io/managed-by"]``); [] for a bad template."""
-    try:
-        labels, annotations = _maps(template)
-    except ConfigError:
-        return []
-    return [f'{FIELD}.{kind}["{key}"]'
-            for kind, entries in (("labels", labels), ("annotations", annotations))
-            for key in entries if key in MARKS[kind]]
 
 
 def _maps(template: object) -> tuple[Mapping[str, object], Mapping[str, object]]:

@@ -14,7 +14,6 @@ from function.renewal import (
     MAX_RENEW_BEFORE,
     PATTERN,
     Renewal,
-    expires_before_next_resync,
     format_duration,
     is_due,
     parse_duration,
@@ -180,21 +179,6 @@ def test_is_due(renewal_at: datetime.datetime | None, now: datetime.datetime, du
 # -- the resync window -----------------------------------------------------------------------
 
 TEN_MINUTES = s(600)
-
-
-@pytest.mark.parametrize(("expiration", "renewal_at", "now", "late"), [
-    pytest.param(None, None, T0, False, id="never-expires"),
-    pytest.param(T0 + s(3600), T0 + s(1800), T0, False, id="outlives-the-next-resync"),
-    pytest.param(T0 + s(300), T0 + s(200), T0, True, id="expires-before-the-next-resync"),
-    pytest.param(T0 + s(600), T0 + s(400), T0, True, id="expires-at-the-next-resync"),
-    pytest.param(T0 + s(300), T0, T0, False, id="due-now-so-this-pass-rotates"),
-    pytest.param(T0 + s(300), T0 - s(10), T0, False, id="overdue-so-this-pass-rotates"),
-    pytest.param(T0 - s(10), T0 + s(5), T0, True, id="already-expired-not-due"),
-])
-def test_expires_before_next_resync(expiration: datetime.datetime | None,
-                                    renewal_at: datetime.datetime | None, now: datetime.datetime,
-                                    late: bool) -> None:
-    assert expires_before_next_resync(expiration, renewal_at, now, TEN_MINUTES) is late
 
 
 @pytest.mark.parametrize(("lifetime", "renew_before", "period", "fragment"), [

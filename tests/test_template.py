@@ -19,7 +19,6 @@ from function.pullsecret import (
 from function.template import (
     ANNOTATIONS_MAX_BYTES,
     apply_template,
-    ignored_marks,
     validate_template,
 )
 
@@ -72,19 +71,6 @@ def test_the_templated_secret_is_still_ours_and_intact() -> None:
         {"labels": {MANAGED_BY_LABEL: "someone-else", "team": "a"},
          "annotations": {OWNER_UID_ANNOTATION: "forged"}})
     assert is_intact(desired, build(dt, dt.ret_secret, token, "quay.example.com"))
-
-
-@pytest.mark.parametrize(("template", "marks"), [
-    pytest.param(None, [], id="none"),
-    pytest.param({"labels": {"team": "a"}}, [], id="no-marks"),
-    pytest.param({"labels": {MANAGED_BY_LABEL: "x"}, "annotations": {OWNER_ANNOTATION: "y",
-                                                                     "other": "z"}},
-                 [f'spec.secretTemplate.labels["{MANAGED_BY_LABEL}"]',
-                  f'spec.secretTemplate.annotations["{OWNER_ANNOTATION}"]'], id="marks"),
-    pytest.param("not a map", [], id="bad-template"),
-])
-def test_ignored_marks(template: Any, marks: list[str]) -> None:
-    assert ignored_marks(template) == marks
 
 
 @pytest.mark.parametrize(("template", "message"), [
