@@ -2,7 +2,8 @@
 
 As cert-manager's ``secretTemplate``: the template's entries are added to the Secret's own
 labels and annotations, but never replace the marks that say whose Secret it is
-(:data:`MARKS`): a template entry with such a key is ignored. Keys and values follow the rules the API server applies
+(:data:`MARKS`): a template entry with such a key is ignored. Keys and values follow the
+rules the API server applies
 (``k8s.io/apimachinery`` ``IsQualifiedName``, ``IsValidLabelValue``, the 256 KiB limit on
 all annotations together), so a bad entry is reported as a ConfigError naming it, e.g.
 ``spec.secretTemplate.labels["x y"]``, instead of a refused Secret write.
