@@ -16,7 +16,7 @@ import httpx
 
 from benchmarks.world import Obj, World
 from function.connection import parse_connection
-from function.kube import Kube
+from function.kube import Kube, http_client, load_config
 from function.pullsecret import MANAGED_BY, MANAGED_BY_LABEL, SECRET_TYPE, string_data
 from function.quay import QuayClient
 from tests import harness
@@ -109,7 +109,7 @@ class Direct:
         token = world.quay.add_oauth_token(DIRECT_USER, "user:admin")
         self.conn = parse_connection({"host": world.quay.base_url, "token": token},
                                      secret_name="direct")
-        self.kube = Kube.from_kubeconfig(world.cp.kubeconfigs["dockertoken-reconciler"])
+        self.kube = Kube(http_client(load_config(str(world.cp.kubeconfigs["dockertoken-reconciler"]))))
 
     def once(self, n: int) -> float:
         started = time.perf_counter()

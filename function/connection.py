@@ -1,6 +1,6 @@
 """The Quay connection Secret, parsed once into a frozen value.
 
-``reconcile.py`` reads the Secret named by ``spec.connSecretRef`` and calls
+``observe.py`` reads the Secret named by ``spec.connSecretRef`` and calls
 :func:`parse_connection`; ``quay.py`` only ever sees the resulting :class:`Connection`.
 Every error is a :class:`ConfigError` naming the Secret, the key and the fix.
 """

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from function import conditions, kevents, pullsecret, renewal, template
+from function import conditions, pullsecret, renewal, template
 from function.connection import Connection
 from function.errors import PermanentError, QuayTransient, ReconcileError
 from function.model import CLAIM_LABEL_PREFIX, FINALIZER, Creation, DockerToken, Ref, Status, Token
@@ -133,8 +133,7 @@ def plan(ob: Observed) -> Plan:
         return Plan(add_finalizer=add, skip="backoff", inputs=inputs)
     try:
         dt.validate()
-        if dt.renew_before:
-            renewal.parse_duration(dt.renew_before)
+        _renew_before(dt)
         template.validate_template(dt.secret_template)
     except PermanentError as exc:
         return Plan(add_finalizer=add, failure=Failure.of(exc), inputs=inputs)
@@ -260,7 +259,7 @@ def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any]
         if account is None:
             continue
         wanted = name in keep
-        new = kevents.pull_secret_edit(account.get("imagePullSecrets"), secret, wanted)
+        new = pullsecret.pull_secret_edit(account.get("imagePullSecrets"), secret, wanted)
         if new is not None:
             meta = account.get("metadata") or {}
             edits.append(PullSecretsEdit(name, tuple(new), str(meta.get("resourceVersion") or ""),
@@ -272,8 +271,7 @@ def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any]
 
 def renewal_fields(dt: DockerToken, token: Token) -> dict[str, Any]:
     """``status.renewalTime`` for ``token`` (None when it does not expire)."""
-    renew_before = renewal.parse_duration(dt.renew_before) if dt.renew_before else None
-    at = renewal.renewal_time(parse_time(token.created), parse_time(token.expiration), renew_before)
+    at = renewal.renewal_time(parse_time(token.created), parse_time(token.expiration), _renew_before(dt))
     return {"renewalTime": rfc3339(at) if at is not None else None}
 
 
@@ -281,9 +279,13 @@ def renewal_note(dt: DockerToken, token: Token | None, resync_period: datetime.t
     """The Ready message when ``token`` may expire before a resync comes to rotate it; "" if fine."""
     if token is None:
         return ""
-    renew_before = renewal.parse_duration(dt.renew_before) if dt.renew_before else None
     return renewal.resync_window_problem(parse_time(token.created), parse_time(token.expiration),
-                                         renew_before, resync_period) or ""
+                                         _renew_before(dt), resync_period) or ""
+
+
+def _renew_before(dt: DockerToken) -> datetime.timedelta | None:
+    """spec.renewBefore, parsed (ConfigError naming the field); None when unset."""
+    return renewal.parse_duration(dt.renew_before) if dt.renew_before else None
 
 
 # -- the convergence rule ------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
     ReconcileError
     ├── BadEvent           the CloudEvent itself is malformed        -> 400, not retried
-    ├── TemporaryError     retrying later can succeed                -> 503, the source redelivers
-    │   ├── QuayTransient      Quay 5xx/429, timeout, refused or reset connection
-    │   └── KubeTransient      API server conflict (409) or outage
-    └── PermanentError     retrying cannot help; the reason goes to status -> 2xx
+    ├── TemporaryError     retrying later can succeed
+    │   ├── QuayTransient      Quay 5xx/429, timeout, refused or reset connection: recorded in
+    │   │                      status with its retry time -> 204 (503 to a resync event)
+    │   └── KubeTransient      API server conflict (409) or outage: nothing could be recorded
+    │                          -> 503, the source redelivers
+    └── PermanentError     retrying cannot help; the reason goes to status -> 204
         ├── ConfigError        a spec field or connection Secret key is wrong
         └── QuayPermanent      Quay refused: auth, scope, TLS, invalid request, disabled feature
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from function.errors import BadEvent
-from function.model import GROUP, KIND
+from function.model import DNS_SUBDOMAIN, GROUP, KIND
 
 RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
 APISERVER_PREFIXES = ("dev.knative.apiserver.resource.", "dev.knative.apiserver.ref.")
@@ -24,7 +24,7 @@ APISERVER_VERBS = ("add", "update", "delete")
 # Kubernetes name rules: namespaces are RFC 1123 labels, object names DNS subdomains.
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _WAVE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+NAME_MAX = 253
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def parse_event(attributes: Mapping[str, Any], data: Any) -> Target | None:
     if not namespace or not _LABEL.match(namespace):
         raise BadEvent(f"namespace {namespace[:80]!r} is missing or not a valid namespace name; "
                        "set data.namespace (or data.metadata.namespace, or the namespace extension)")
-    if not name or not _SUBDOMAIN.match(name):
+    if not name or len(name) > NAME_MAX or not DNS_SUBDOMAIN.match(name):
         raise BadEvent(f"name {name[:80]!r} is missing or not a valid object name; "
                        "set data.name (or data.metadata.name, or the name extension)")
     wave = attributes.get("resyncwave") if resync else ""

@@ -1,5 +1,5 @@
-"""Kubernetes Events (``events.k8s.io/v1``) on a DockerToken, and ServiceAccount pull-secret
-edits. Pure functions: ``kube.py`` sends what these build.
+"""Kubernetes Events (``events.k8s.io/v1``) on a DockerToken. Pure functions: ``kube.py``
+sends what these build.
 
 Events are for transitions only (a token created, adopted, rotated or revoked, a Secret
 restored, Ready turning False), never one per pass: the caller decides when; this module only
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from function.model import API_VERSION, KIND
+from function.model import API_VERSION, CODE_LIKE, KIND
 
 __all__ = [
     "ACTIONS",
@@ -24,7 +23,6 @@ __all__ = [
     "WARNING",
     "build_event",
     "micro_time",
-    "pull_secret_edit",
 ]
 
 NORMAL, WARNING = "Normal", "Warning"
@@ -43,9 +41,6 @@ NOTE_MAX_BYTES = 1024
 FIELD_MAX = 128  # action, reason, reportingInstance
 NAME_MAX = 253
 _TRUNCATED = "..."
-# Token codes are 120 characters of [A-Z0-9]: never let one into an Event, whatever the caller
-# passes (the same guard as quay.py's messages).
-_CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
 
 
 def build_event(dt_namespace: str, dt_name: str, dt_uid: str, type_: str, reason: str, note: str,
@@ -66,7 +61,7 @@ def build_event(dt_namespace: str, dt_name: str, dt_uid: str, type_: str, reason
     if not reason or not dt_namespace or not dt_name:
         raise ValueError("reason, dt_namespace and dt_name are required")
     when = now.astimezone(datetime.UTC)
-    body_note = _cut(_CODE_LIKE.sub("***", note), NOTE_MAX_BYTES)
+    body_note = _cut(CODE_LIKE.sub("***", note), NOTE_MAX_BYTES)
     digest = hashlib.sha256("\0".join((dt_uid, type_, reason, body_note)).encode()).hexdigest()
     nanos = int(when.timestamp()) * 10**9 + when.microsecond * 1000
     suffix = f".{nanos:x}{digest[:8]}"
@@ -98,23 +93,3 @@ def _cut(text: str, limit: int) -> str:
     if len(raw) <= limit:
         return text
     return raw[:limit - len(_TRUNCATED)].decode(errors="ignore") + _TRUNCATED
-
-
-def pull_secret_edit(current: Sequence[Any] | None, secret_name: str,
-                     attach: bool) -> list[Any] | None:
-    """A ServiceAccount's new ``imagePullSecrets`` with ``secret_name`` attached or detached;
-    None when nothing changes (so no write is made).
-
-    Every other entry is kept as it is and where it is, even one this code does not
-    understand: only entries naming ``secret_name`` are added (at the end, once) or removed
-    (all of them).
-    """
-    if not secret_name:
-        raise ValueError("a Secret name is required")
-    entries = list(current or ())
-    ours = [e for e in entries if isinstance(e, Mapping) and e.get("name") == secret_name]
-    if attach:
-        return None if ours else [*entries, {"name": secret_name}]
-    if not ours:
-        return None
-    return [e for e in entries if not (isinstance(e, Mapping) and e.get("name") == secret_name)]

@@ -198,10 +198,6 @@ class Kube:
         """The same connection pool with a write counter of its own (one per reconcile pass)."""
         return Kube(self._http)
 
-    @classmethod
-    def from_kubeconfig(cls, path: str | Path) -> Kube:
-        return cls(http_client(load_config(str(path))))
-
     def _request(self, what: str, method: str, path: str, *, body: Any = None,
                  params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
                  missing_ok: bool = False) -> dict[str, Any] | None:
@@ -259,7 +255,7 @@ class Kube:
         if labels:
             meta["labels"] = dict(labels)
         body = {"metadata": meta}
-        return self._request(f"patch finalizers of {namespace}/{name}", "PATCH",
+        return self._request(f"patch metadata of {namespace}/{name}", "PATCH",
                              f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}
 
@@ -317,7 +313,7 @@ class Kube:
                                           pull_secrets: list[Mapping[str, Any]],
                                           resource_version: str) -> dict[str, Any] | None:
         """Set imagePullSecrets to exactly ``pull_secrets`` (a merge patch replaces the whole list,
-        so build it with ``kevents.pull_secret_edit`` from the list just read), conditioned on
+        so build it with ``pullsecret.pull_secret_edit`` from the list just read), conditioned on
         ``resource_version``: 409 ``Conflict`` if anyone changed the ServiceAccount since, None
         when it was deleted."""
         self.writes += 1

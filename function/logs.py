@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+# How much of a body or header a message or log line may quote.
+EXCERPT = 200
 _QUIET = ("urllib3", "httpx", "httpcore", "kubernetes", "werkzeug")
 
 
@@ -46,3 +48,9 @@ def setup() -> None:
             "LOG_LEVEL=%r is not a log level; using INFO (DEBUG, INFO, WARNING, ERROR)", level[:40])
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """``text`` on one line, cut to ``limit`` characters (then "..." marks the cut)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."

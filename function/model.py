@@ -1,12 +1,13 @@
 """The DockerToken resource as the reconciler sees it: constants and a typed, read-only view.
 
-``kube.py`` fetches raw objects; ``DockerToken.from_object`` turns one into this view, which
-``decide.py`` and ``reconcile.py`` read. Spec validation lives here so every caller gets the same
-field-naming messages.
+``kube.py`` fetches raw objects; ``observe.py`` turns one into this view
+(``DockerToken.from_object``), which ``decide.py`` reads. Spec validation lives here so every
+caller gets the same field-naming messages.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,14 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "quay-dockertoken"
 OWNER_ANNOTATION = "quay.herve4m.github.io/owner"  # "<namespace>/<name>" of the DockerToken
 OWNER_UID_ANNOTATION = "quay.herve4m.github.io/owner-uid"
+# Quay's fixed username for application tokens (registry logins, the pull Secret's auth).
+APP_USERNAME = "$app"
+# Token codes are 120 characters of [A-Z0-9]: anything shaped like one is masked in every
+# message, log line and Event, whatever put it there.
+CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
+# Kubernetes object names (DNS-1123 subdomains, apimachinery IsDNS1123Subdomain without the
+# 253-character limit, which callers check).
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The return Secret (the pull Secret): what it must contain, whose it is, whether it is intact.
+"""The return Secret (the pull Secret): what it must contain, whose it is, whether it is intact,
+and the ServiceAccount ``imagePullSecrets`` edits that attach it.
 
 Pure functions; ``apply.py`` builds the desired body here and hands it to ``kube.py``. The keys are the
 original operator's (see the seed document), so pods that used its Secrets keep working.
@@ -14,6 +15,7 @@ from typing import Any
 from function import template
 from function.model import (
     API_VERSION,
+    APP_USERNAME,
     KIND,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -25,10 +27,9 @@ from function.model import (
 )
 
 __all__ = ["MANAGED_BY", "MANAGED_BY_LABEL", "OWNER_ANNOTATION", "OWNER_UID_ANNOTATION", "SECRET_TYPE",
-           "build", "decoded", "is_intact", "is_ours", "string_data", "token_from"]
+           "build", "decoded", "is_intact", "is_ours", "pull_secret_edit", "string_data", "token_from"]
 
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
-USERNAME = "$app"  # Quay's fixed username for application tokens
 KEYS = (".dockerconfigjson", "auth", "created", "expiration", "lastAccessed", "name", "tokenCode",
         "username", "uuid")
 
@@ -39,7 +40,7 @@ def string_data(token: Token, registry: str | Sequence[str]) -> dict[str, str]:
     ``registry``: the host(s) ``.dockerconfigjson`` names: the API host, and the registry's own
     name when Quay announces another one.
     """
-    auth = base64.b64encode(f"{USERNAME}:{token.code}".encode()).decode()
+    auth = base64.b64encode(f"{APP_USERNAME}:{token.code}".encode()).decode()
     hosts = [registry] if isinstance(registry, str) else list(dict.fromkeys(registry))
     config = {"auths": {host: {"auth": auth, "email": ""} for host in hosts}}
     return {
@@ -50,7 +51,7 @@ def string_data(token: Token, registry: str | Sequence[str]) -> dict[str, str]:
         "lastAccessed": token.last_accessed,
         "name": token.title,
         "tokenCode": token.code,
-        "username": USERNAME,
+        "username": APP_USERNAME,
         "uuid": token.uuid,
     }
 
@@ -103,7 +104,7 @@ def token_from(secret: Mapping[str, Any]) -> Token | None:
     data = decoded(secret)
     if not data.get("uuid") or not data.get("tokenCode"):
         return None
-    auth = base64.b64encode(f"{USERNAME}:{data['tokenCode']}".encode()).decode()
+    auth = base64.b64encode(f"{APP_USERNAME}:{data['tokenCode']}".encode()).decode()
     try:
         auths = json.loads(data.get(".dockerconfigjson", "")).get("auths", {})
         copies = {entry.get("auth") for entry in auths.values()}
@@ -133,3 +134,23 @@ def is_intact(secret: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
         and [r.get("uid") for r in meta.get("ownerReferences") or ()]
         == [r["uid"] for r in want.get("ownerReferences", ())]
     )
+
+
+def pull_secret_edit(current: Sequence[Any] | None, secret_name: str,
+                     attach: bool) -> list[Any] | None:
+    """A ServiceAccount's new ``imagePullSecrets`` with ``secret_name`` attached or detached;
+    None when nothing changes (so no write is made).
+
+    Every other entry is kept as it is and where it is, even one this code does not
+    understand: only entries naming ``secret_name`` are added (at the end, once) or removed
+    (all of them).
+    """
+    if not secret_name:
+        raise ValueError("a Secret name is required")
+    entries = list(current or ())
+    ours = [e for e in entries if isinstance(e, Mapping) and e.get("name") == secret_name]
+    if attach:
+        return None if ours else [*entries, {"name": secret_name}]
+    if not ours:
+        return None
+    return [e for e in entries if not (isinstance(e, Mapping) and e.get("name") == secret_name)]

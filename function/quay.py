@@ -50,7 +50,8 @@ from function.errors import (
     QuayUnexpectedResponse,
     ReconcileError,
 )
-from function.model import Token
+from function.logs import excerpt
+from function.model import APP_USERNAME, CODE_LIKE, Token
 
 __all__ = ["CredentialCheck", "QuayClient", "RegistryChallenge", "parse_challenges", "realm_refusal"]
 
@@ -59,14 +60,9 @@ logger = logging.getLogger(__name__)
 TOKENS_PATH = "/api/v1/user/apptoken"
 # Not a browser User-Agent: Quay refuses those on GET without X-Requested-With (077).
 USER_AGENT = "quay-dockertoken/0.1"
-# How much of a body a message may quote.
-EXCERPT = 200
 _PAGE_TOKEN = re.compile(r"window\.__token\s*=\s*'([^']+)'")
-# Token codes are 120 characters of [A-Z0-9]; never let one through in a message.
-_CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
 _TOKEN_KEYS = ("uuid", "title", "last_accessed", "created", "expiration")
 _E = TypeVar("_E", bound=ReconcileError)
-REGISTRY_USERNAME = "$app"  # Quay's fixed username for application tokens
 # RFC 9110 ``WWW-Authenticate``: challenges ``scheme [token68 | #auth-param]``, comma-separated.
 _AUTH_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _SEPARATORS = re.compile(r"[\s,]*")
@@ -198,7 +194,7 @@ class QuayClient:
         if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
             raise self._scrubbed(QuayUnexpectedResponse(
                 f"{where}: the registry's Bearer challenge has no http(s) realm "
-                f"(WWW-Authenticate: {_excerpt(', '.join(values))})"
+                f"(WWW-Authenticate: {excerpt(', '.join(values))})"
             ))
         return RegistryChallenge(realm=realm, service=bearer.get("service") or None)
 
@@ -216,15 +212,15 @@ class QuayClient:
         refusal = realm_refusal(realm, self._conn.base_url, service)
         if refusal is not None:
             raise self._scrubbed(QuayUnexpectedResponse(
-                f"the registry announced the realm {_excerpt(realm)!r}, which is not sent the "
+                f"the registry announced the realm {excerpt(realm)!r}, which is not sent the "
                 f"token: {refusal}"
             ), code)
         parts = urlsplit(realm)
         where = f"GET {parts.scheme}://{parts.netloc}{parts.path or '/'}"
-        params = {"account": REGISTRY_USERNAME}
+        params = {"account": APP_USERNAME}
         if service:
             params["service"] = service
-        basic = base64.b64encode(f"{REGISTRY_USERNAME}:{code}".encode()).decode()
+        basic = base64.b64encode(f"{APP_USERNAME}:{code}".encode()).decode()
         try:
             response = self._send("GET", realm, params=params, anonymous=True, where=where,
                                   headers={"Authorization": f"Basic {basic}"})
@@ -410,15 +406,12 @@ class QuayClient:
         raise self._scrubbed(error)
 
     def _json_object(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = _json(response)
         if not isinstance(body, dict):
             raise self._scrubbed(QuayUnexpectedResponse(
                 f"{method} {path}: Quay answered {response.status_code} without a JSON object "
                 f"({response.headers.get('Content-Type', 'no Content-Type')}): "
-                f"{_excerpt(response.text)}"
+                f"{excerpt(response.text)}"
             ))
         return body
 
@@ -426,24 +419,21 @@ class QuayClient:
                      key: str) -> QuayUnexpectedResponse:
         return self._scrubbed(QuayUnexpectedResponse(
             f"{method} {path}: the answer has no valid {key!r} "
-            f"(keys: {_excerpt(', '.join(sorted(map(str, body))))})"
+            f"(keys: {excerpt(', '.join(sorted(map(str, body))))})"
         ))
 
     def _message(self, response: httpx.Response) -> str:
         """Quay's own error text: error_message/detail, error or message, else an excerpt."""
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = _json(response)
         if isinstance(body, dict):
             for key in ("error_message", "detail", "error", "message"):
                 value = body.get(key)
                 if isinstance(value, str) and value:
-                    return _excerpt(value)
+                    return excerpt(value)
         title = re.search(r"<title>(.*?)</title>", response.text, re.IGNORECASE | re.DOTALL)
         if title is not None:
-            return f"an HTML page titled {_excerpt(title[1])!r}"
-        return _excerpt(response.text) or "empty body"
+            return f"an HTML page titled {excerpt(title[1])!r}"
+        return excerpt(response.text) or "empty body"
 
     def _who(self) -> str:
         if self._uses_session:
@@ -461,7 +451,7 @@ class QuayClient:
         for secret in (self._conn.token, self._conn.password, self._csrf, *cookies, *extra):
             if secret:
                 text = text.replace(secret, "***")
-        return _CODE_LIKE.sub("***", text)
+        return CODE_LIKE.sub("***", text)
 
 
 def parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
@@ -541,29 +531,23 @@ def _host_port(netloc: str, scheme: str) -> tuple[str, int]:
 
 def _registry_message(response: httpx.Response) -> str:
     """The registry's error text: ``errors[0]`` code and message (097), else an excerpt."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = _json(response)
     if isinstance(body, dict):
         errors = body.get("errors")
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
             first = errors[0]
             text = ": ".join(str(first[k]) for k in ("code", "message") if first.get(k))
             if text:
-                return _excerpt(text)
+                return excerpt(text)
         for key in ("error", "message", "detail"):
             value = body.get(key)
             if isinstance(value, str) and value:
-                return _excerpt(value)
-    return _excerpt(response.text) or "empty body"
+                return excerpt(value)
+    return excerpt(response.text) or "empty body"
 
 
 def _has_registry_token(response: httpx.Response) -> bool:
-    try:
-        body = response.json()
-    except ValueError:
-        return False
+    body = _json(response)
     return isinstance(body, dict) and isinstance(body.get("token"), str) and bool(body["token"])
 
 
@@ -591,22 +575,23 @@ def _parse_token(item: object, *, with_code: bool, where: str) -> Token:
                  code=item["token_code"] if with_code else "")
 
 
-def _field(response: httpx.Response, key: str) -> object:
+def _json(response: httpx.Response) -> object:
+    """The body as JSON; None when it is not JSON."""
     try:
-        body = response.json()
+        return response.json()
+    # not JSON (an HTML error page, a proxy's text): the callers fall back to the text
     except ValueError:
         return None
+
+
+def _field(response: httpx.Response, key: str) -> object:
+    body = _json(response)
     return body.get(key) if isinstance(body, dict) else None
 
 
 def _error_type(response: httpx.Response) -> str | None:
     value = _field(response, "error_type")
     return value if isinstance(value, str) else None
-
-
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= EXCERPT else flat[:EXCERPT] + "..."
 
 
 def _transport_error(exc: Exception, method: str, path: str, conn: Connection, *,

@@ -34,7 +34,6 @@ __all__ = [
     "plan_renewal",
     "renewal_time",
     "resync_window_problem",
-    "rfc3339",
 ]
 
 FIELD = "spec.renewBefore"
@@ -172,11 +171,6 @@ def resync_window_problem(created: datetime.datetime | None,
         fix = (f"{FIELD} ({format_duration(renew_before)}) is not longer than the resync period "
                f"({period}): set {FIELD} above {period}, or resync more often")
     return f"the token may expire before a resync renews it: {fix}"
-
-
-def rfc3339(value: datetime.datetime) -> str:
-    """``2026-11-26T17:22:43Z``: whole seconds in UTC, as ``status.renewalTime`` is written."""
-    return value.astimezone(datetime.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _seconds(value: datetime.datetime) -> datetime.datetime:

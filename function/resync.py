@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 
 from function.events import RESYNC_TYPE
+from function.logs import excerpt
 from function.model import API_VERSION, KIND, PLURAL
 
 __all__ = [
@@ -66,8 +67,6 @@ EVENT_SOURCE = "/quay-dockertoken/resync"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: Delay before retry 1, 2 and 3.
 BACKOFF_SECONDS = (0.5, 1.0, 2.0)
-#: Longest response body excerpt that may appear in a log line.
-MAX_BODY_LOG = 200
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT = 60.0
@@ -124,11 +123,6 @@ def resync_event(ref: ObjectRef, event_id: str | None = None,
     return headers, body.encode()
 
 
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_BODY_LOG else text[: MAX_BODY_LOG - 3] + "..."
-
-
 def deliver(
     client: httpx.Client, sink: str, ref: ObjectRef, sleep: Sleeper = time.sleep, wave: str = ""
 ) -> Delivery:
@@ -141,11 +135,11 @@ def deliver(
         try:
             resp = client.post(sink, headers=headers, content=body)
         except httpx.TransportError as exc:
-            detail = f"{type(exc).__name__}: {_excerpt(str(exc))}"
+            detail = f"{type(exc).__name__}: {excerpt(str(exc))}"
         else:
             if resp.is_success:
                 return Delivery(ref, True, attempts)
-            detail = f"HTTP {resp.status_code}: {_excerpt(resp.text)}"
+            detail = f"HTTP {resp.status_code}: {excerpt(resp.text)}"
             if resp.status_code not in RETRY_STATUSES:
                 break
         if delay is None:
@@ -270,7 +264,7 @@ def main(
     try:
         refs = [_ref(obj) for obj in (lister or _lister(args.namespace))()]
     except Exception as exc:
-        log.error("listing DockerTokens failed: %s", _excerpt(f"{type(exc).__name__}: {exc}"))
+        log.error("listing DockerTokens failed: %s", excerpt(f"{type(exc).__name__}: {exc}"))
         summary()
         return 2
     listed = len(refs)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 
 from function.errors import ConfigError
-from function.model import MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION
+from function.model import DNS_SUBDOMAIN, MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION
 
 __all__ = ["FIELD", "MARKS", "apply_template", "validate_template"]
 
@@ -27,7 +27,6 @@ MARKS: Mapping[str, frozenset[str]] = {
 }
 # apimachinery/pkg/util/validation: qualified names, DNS-1123 subdomains, label values.
 _NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 NAME_MAX = 63
 PREFIX_MAX = 253
 LABEL_VALUE_MAX = 63
@@ -130,7 +129,7 @@ def _check_key(key: object, where: str, kind: str) -> None:
         problem = "the prefix before '/' is empty"
     elif slash and "/" in prefix:
         problem = "a key has at most one '/'"
-    elif slash and (len(prefix) > PREFIX_MAX or not _SUBDOMAIN.match(prefix)):
+    elif slash and (len(prefix) > PREFIX_MAX or not DNS_SUBDOMAIN.match(prefix)):
         problem = ("the prefix before '/' must be a DNS subdomain (lower-case alphanumeric, "
                    f"'-' and '.', at most {PREFIX_MAX} characters)")
     if problem:

@@ -17,12 +17,15 @@ import httpx
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from function.model import FINALIZER, RECONCILE_REQUEST
+from function.model import GROUP as G
+from function.model import PLURAL as P
+from function.model import VERSION as V
 from tests import harness
 from tests.controlplane import ControlPlane
 from tests.quaysim import ADMIN_TOKEN, QuaySimulator
 
-G, V, P = "quay.herve4m.github.io", "v1alpha1", "dockertokens"
-FINALIZER = "quay.herve4m.github.io/finalizer"
+__all__ = ["FINALIZER", "Env", "G", "P", "V", "dockerconfig", "wait_for"]
 USER = "devtable"
 _WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -115,7 +118,7 @@ class Env:
         """What a user does to retry a failed object at once: change the reconcile-request
         annotation (README "Failures and retries"); its update event is sent, as the source would."""
         self.custom.patch_namespaced_custom_object(G, V, self.ns, P, name, {"metadata": {"annotations": {
-            "quay.herve4m.github.io/reconcile-request": str(time.time_ns())}}})
+            RECONCILE_REQUEST: str(time.time_ns())}}})
         return self.send("update", name)
 
     def expire_backoff(self, name: str = "dockertoken-sample") -> None:

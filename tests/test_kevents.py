@@ -1,7 +1,7 @@
 """function.kevents (pure) and the kube.py calls that send its results, on the real API server.
 
 The pure half: Event bodies (``build_event``) and ServiceAccount ``imagePullSecrets`` edits
-(``pull_secret_edit``). The API-server half, as admin: a ServiceAccount is read, patched with a
+(``pullsecret.pull_secret_edit``). The API-server half, as admin: a ServiceAccount is read, patched with a
 resourceVersion precondition and left with its other entries; an Event built here is accepted
 by the API server's validation and read back through both Event APIs.
 """
@@ -22,9 +22,9 @@ from function.kevents import (
     WARNING,
     build_event,
     micro_time,
-    pull_secret_edit,
 )
-from function.kube import Conflict, Kube
+from function.kube import Conflict, Kube, http_client, load_config
+from function.pullsecret import pull_secret_edit
 from tests.controlplane import ControlPlane
 
 NOW = datetime.datetime(2026, 11, 26, 17, 22, 43, 123456, tzinfo=datetime.UTC)
@@ -158,7 +158,7 @@ def test_pull_secret_edit_needs_a_name() -> None:
 
 @pytest.fixture
 def kube(control_plane: ControlPlane) -> Kube:
-    return Kube.from_kubeconfig(control_plane.kubeconfigs["admin"])
+    return Kube(http_client(load_config(str(control_plane.kubeconfigs["admin"]))))
 
 
 def test_serviceaccount_get_and_patch(kube: Kube, admin_api: Any, namespace: str) -> None:

@@ -29,8 +29,8 @@ def _kubeconfig(tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any]) -
 
 
 def _probe(path: Path) -> kube.Kube:
-    """``Kube.from_kubeconfig(path)``, its requests marked as a test's (left out of the RBAC audit)."""
-    client = kube.Kube.from_kubeconfig(path)
+    """A ``Kube`` for the kubeconfig at ``path``, its requests marked as a test's (left out of the RBAC audit)."""
+    client = kube.Kube(kube.http_client(kube.load_config(str(path))))
     client._http.headers["User-Agent"] = PROBE_AGENT
     return client
 
@@ -68,13 +68,13 @@ def test_a_wrong_token_is_a_permanent_error_naming_the_call(control_plane: Contr
     path = _kubeconfig(tmp_path, {"server": control_plane.url, "certificate-authority": str(control_plane.ca_file)},
                        {"token": "not-a-token"})
     with pytest.raises(PermanentError, match="get dockertoken ns/x: API server answered 401"):
-        kube.Kube.from_kubeconfig(path).get_dockertoken("ns", "x")
+        kube.Kube(kube.http_client(kube.load_config(str(path)))).get_dockertoken("ns", "x")
 
 
 def test_an_unreachable_api_server_is_transient(tmp_path: Path) -> None:
     path = _kubeconfig(tmp_path, {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}, {"token": "t"})
     with pytest.raises(KubeTransient, match="unreachable"):
-        kube.Kube.from_kubeconfig(path).get_secret("ns", "x")
+        kube.Kube(kube.http_client(kube.load_config(str(path)))).get_secret("ns", "x")
 
 
 def test_in_cluster_uses_the_service_account_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
