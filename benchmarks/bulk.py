@@ -30,7 +30,7 @@ from benchmarks.fullresync import self_cpu
 from benchmarks.latency import Poster
 from benchmarks.stats import progress
 from benchmarks.world import Counts, Function, Obj, World
-from function import decide
+from function import claims
 from function.connection import parse_connection
 
 LIST = ("LIST", "dockertokens")
@@ -80,9 +80,9 @@ def event_lines(fn: Function, objs: list[Obj], kind: str = "") -> list[dict[str,
 
 
 def claim_label(world: World, o: Obj) -> str:
-    """The label the function's claim list of ``o`` selects on (function.decide.claim_label)."""
+    """The label the function's claim list of ``o`` selects on (function.claims.claim_label)."""
     conn = parse_connection({"host": world.quay.base_url, "token": o.conn.token}, secret_name="bench")
-    return decide.claim_label(conn.registry, o.title)
+    return claims.claim_label(conn.registry, o.title)
 
 
 def run(world: World, fn: Function, objs: list[Obj], *, concurrency: int, label: str,

@@ -19,19 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import function.creation as creation
 import function.main as real
-import function.reconcile as reconcile
-from function.apply import Apply
 from function.cache import TokenListCache
-from function.model import Token
+from function.model import DockerToken, Token
 from function.reconcile import Reconciler
 
 
-class _ListEverything(Apply):
-    def _same_title(self) -> Iterator[dict[str, Any]]:
-        self.outcome.claims_read = 0
-        for obj in self.kube.iter_dockertokens():
-            self.outcome.claims_read += 1
+class _ListEverything(creation.Creator):
+    def same_title(self, dt: DockerToken) -> Iterator[dict[str, Any]]:
+        self.claims_read = 0
+        for obj in self.api.iter_dockertokens():
+            self.claims_read += 1
             yield obj
 
 
@@ -49,8 +48,8 @@ def _reconciler() -> Reconciler:
         return real._reconciler
 
 
-# Reconciler.reconcile looks Apply up in function.reconcile's globals, handle() the factory in
+# apply.Pass looks Creator up in function.creation's globals, handle() the factory in
 # function.main's, on every event
-reconcile.Apply = _ListEverything  # type: ignore[misc]
+creation.Creator = _ListEverything  # type: ignore[misc]
 real.reconciler = _reconciler
 handle = real.handle

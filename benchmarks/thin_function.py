@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import function.main as real
-from function.reconcile import Outcome
+from function.result import Report, Tally, finished
 
 _lock = threading.Lock()
 _reader: _Reads | None = None
@@ -37,7 +37,7 @@ class _Reads:
         dt = self.http.get(f"/apis/quay.herve4m.github.io/v1alpha1{base}/dockertokens/{name}").json()
         for ref in ("connSecretRef", "retSecretRef"):
             self.http.get(f"/api/v1{base}/secrets/{dt['spec'][ref]['name']}").raise_for_status()
-        return Outcome("ready")
+        return finished(Report("ready"), Tally(), resync=False)
 
 
 def _reconciler() -> Any:

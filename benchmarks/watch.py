@@ -32,9 +32,9 @@ from benchmarks import fullresync
 from benchmarks.bulk import event_lines
 from benchmarks.stats import progress
 from benchmarks.world import Conn, Function, G, Obj, P, V, World, children, vm_hwm
-from function import decide
-from function.decide import Failure
-from function.model import Retry, Status
+from function import decide, renewal
+from function.model import Status
+from function.result import Failure
 from tests.adapter_proc import running_adapter
 from tests.controlplane import free_port
 
@@ -281,7 +281,7 @@ def measure(world: World, *, window: float, touches: list[Obj], creations: list[
             retry = Status.from_object(world.get(o).get("status")).retry
             if retry is not None:
                 r.attempts = retry.attempts
-                due = decide.parse_time(retry.not_before)
+                due = renewal.parse_time(retry.not_before)
                 r.next_retry_minutes = (due - now).total_seconds() / 60 if due else 0.0
         _resync(world, fn, objs, results, "again")
         out.schedule = schedule_model()
@@ -296,20 +296,16 @@ def retry_times(phase: datetime.timedelta, horizon: datetime.timedelta) -> list[
     (decide.retry_record for the schedule, RETRY_SLACK for how early a resync may retry)."""
     t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     failure = Failure("QuayAuthenticationFailed", "model")
-    status = _with(decide.retry_record(Status(), "inputs", failure, t0))
+    status = Status(retry=decide.retry_record(Status(), "inputs", failure, t0))
     out, t = [], phase
     while t < horizon:
         now = t0 + t
-        due = decide.parse_time(status.retry.not_before if status.retry else "")
+        due = renewal.parse_time(status.retry.not_before if status.retry else "")
         if due is not None and now >= due - decide.RETRY_SLACK:
             out.append(t)
-            status = _with(decide.retry_record(status, "inputs", failure, now))
+            status = Status(retry=decide.retry_record(status, "inputs", failure, now))
         t += RESYNC_PERIOD
     return out
-
-
-def _with(record: dict[str, Any]) -> Status:
-    return Status(retry=Retry(record["inputs"], record["attempts"], record["notBefore"], record["temporary"]))
 
 
 def schedule_model() -> dict[str, tuple[float, float, float]]:

@@ -1,41 +1,58 @@
 """The whole decision of a reconcile pass, as pure functions: no I/O, no clock, no CloudEvent.
 
 ``reconcile.py`` runs observe (``observe.py``) -> :func:`plan` -> apply (``apply.py``). The plan
-says everything that does not depend on Quay's answers; what does (is the token still there,
-did the POST succeed) is decided by the small functions below as the answers come in
-(:func:`after_verify`, :func:`pick_adoptable`), and the status to write by :func:`ready_status`
-and :func:`failed_status`.
+is a value: typed steps in order (each says what to write or ask, and the action it logs), the
+status to write, the Events to record and the report. ``apply.py`` performs the steps and
+chooses nothing. Where the decision needs an answer from outside, the step names the question
+and a continuation here takes the answer and returns the next step (as h11 takes bytes)::
+
+    Verify          --the listed token-->       verified()           -> Obtained | Fetch
+    Fetch           --the token, or gone-->     fetched()            -> Obtained | Acquire
+    Acquire         --creation.py's token-->    acquired()           -> CheckRegistry
+    CheckRegistry   --GET /v2/ challenge-->     challenged()         -> CheckCredential | Obtained
+    CheckCredential --the registry's answer-->  credential_checked() -> Obtained
+    (either check failing)                      unchecked()          -> Obtained
+    Obtained        -->                         settle(): the Secret, ServiceAccounts, revocations, status
+    RevokeByTitle   --claims, tokens-->         by_title()           -> Revoke
+    an error        -->                         on_error(): Ready=False with its retry, or None (503)
 
 The convergence rule (README "Design notes"): a pass that fails records, with the failure, a
 digest of what could fix it (:func:`inputs_digest`) and a retry time; until one of them moves,
 every event - including the echo of that very write - is answered with no write and no Quay
-call (:attr:`Plan.skip`).
+call (the "backoff" report).
 """
 
 from __future__ import annotations
 
 import datetime
-import email.utils
 import enum
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from function import conditions, pullsecret, renewal, template
+from function import claims, conditions, pullsecret, renewal, result, template
+from function.claims import Lease
 from function.connection import Connection
-from function.errors import PermanentError, QuayTransient, ReconcileError
-from function.model import CLAIM_LABEL_PREFIX, FINALIZER, Creation, DockerToken, Ref, Status, Token
+from function.errors import ConfigError, PermanentError
+from function.kevents import NORMAL, WARNING, Transition
+from function.model import FINALIZER, Creation, DockerToken, Ref, Retry, Status, Token
+from function.renewal import is_expired, parse_time, rfc3339
+from function.result import Failure, Report
 
-# A creation lease older than this is abandoned (its holder died between POST and recording
-# the UUID). Far above the longest Quay call a holder can make (timeout <= 60 s in practice).
-LEASE_TTL = datetime.timedelta(seconds=120)
 # Failure retry schedule: the first retry is due 5 minutes after the failure (so the next
 # resync of the default 10-minute schedule makes it), then 10, 20, 40 min ... up to 6 hours.
 RETRY_BASE = datetime.timedelta(minutes=5)
 RETRY_MAX = datetime.timedelta(hours=6)
 # A resync that arrives this much before the retry time still retries (CronJob start jitter).
 RETRY_SLACK = datetime.timedelta(minutes=1)
+# The deployment's defaults (main.py reads RESYNC_PERIOD and ROTATION_GRACE_SECONDS): the
+# CronJob's schedule, and how long a rotated-out token keeps working (image pulls in flight).
+RESYNC_PERIOD = datetime.timedelta(minutes=10)
+ROTATION_GRACE = datetime.timedelta(seconds=120)
+
+
+READY = Report("ready")
 
 
 class TokenStep(enum.StrEnum):
@@ -48,15 +65,9 @@ class TokenStep(enum.StrEnum):
     ROTATE = "rotate"      # renewalTime passed: a new token now, the old one revoked after a grace
 
 
-class Lease(enum.StrEnum):
-    NONE = "none"
-    FRESH = "fresh"
-    STALE = "stale"
-
-
 @dataclass(frozen=True)
 class Observed:
-    """Everything one pass knows before it acts; built by ``observe.py``."""
+    """Everything one pass knows before it acts; built by ``observe.py`` (or from lists)."""
 
     dt: DockerToken
     now: datetime.datetime
@@ -71,56 +82,203 @@ class Observed:
     consent_version: str = ""          # what the consent was read from (a fix moves it)
     # spec.serviceAccounts and status.serviceAccounts, as found (None: no such ServiceAccount)
     service_accounts: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
-    resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # RESYNC_PERIOD
+    resync_period: datetime.timedelta = RESYNC_PERIOD
+    rotation_grace: datetime.timedelta = ROTATION_GRACE
+
+
+# -- steps: what apply.py performs, each logging its action --------------------------------------
+@dataclass(frozen=True)
+class PatchMetadata:
+    """Our finalizer before anything is made in Quay, and the claim labels (one write)."""
+
+    finalizers: tuple[str, ...] | None
+    labels: Mapping[str, str | None] | None  # claim labels to add ("true") or drop (None)
+    action: str
 
 
 @dataclass(frozen=True)
-class Failure:
-    """A failure to record in status (Ready=False) instead of acting."""
-
-    reason: str
-    message: str
-    temporary: bool = False
-
-    @classmethod
-    def of(cls, exc: ReconcileError) -> Failure:
-        return cls(exc.reason, str(exc), temporary=isinstance(exc, QuayTransient))
+class WriteStatus:
+    status: Status  # written as a merge patch of what differs from the stored status
 
 
 @dataclass(frozen=True)
-class PullSecretsEdit:
+class CreateSecret:
+    where: Ref
+    body: Mapping[str, Any]
+    action: str = "create-secret"
+
+
+@dataclass(frozen=True)
+class ReplaceSecret:
+    body: Mapping[str, Any]  # carries the resourceVersion read: a concurrent edit gets 409
+    action: str = "update-secret"
+
+
+@dataclass(frozen=True)
+class RecreateSecret:
+    """A Secret's type is immutable: delete exactly that object (by uid), create it anew."""
+
+    where: Ref
+    uid: str
+    body: Mapping[str, Any]
+    action: str = "update-secret"
+
+
+@dataclass(frozen=True)
+class DeleteSecret:
+    where: Ref
+    uid: str  # only that exact object, never a same-named newcomer
+    action: str = "delete-secret"
+
+
+@dataclass(frozen=True)
+class EditServiceAccount:
     """A ServiceAccount's new imagePullSecrets (a merge patch guarded by its resourceVersion)."""
 
+    namespace: str
     name: str
     pull_secrets: tuple[Mapping[str, Any], ...]
     resource_version: str
-    attach: bool
+    action: str  # attach-to-serviceaccount | detach-from-serviceaccount
+
+
+@dataclass(frozen=True)
+class Revoke:
+    uuids: tuple[str, ...]  # one already gone counts as revoked
+    action: str
+
+
+@dataclass(frozen=True)
+class RevokeByTitle:
+    """Deletion of an object with no UUID: also every unclaimed token titled ``title``."""
+
+    title: str
+    also: tuple[str, ...]  # revoked with them
+
+
+@dataclass(frozen=True)
+class WaitForCreator:
+    """A delivery is POSTing this object's token: let it record the UUID (then restart)."""
+
+
+@dataclass(frozen=True)
+class RemoveFinalizer:
+    finalizers: tuple[str, ...]  # those left: every other controller's
+    action: str = "remove-finalizer"
+
+
+# -- the token's walk: one question each, answered by a continuation ------------------------------
+@dataclass(frozen=True)
+class Verify:
+    uuid: str
+    held: Token | None
+    wave: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class Fetch:
+    uuid: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class Acquire:
+    """Adopt an unclaimed token titled ``title``, else create one (``creation.py``)."""
+
+    title: str
+    rotation: bool
+    revoke_old: bool    # the recorded token goes to pendingRevocation
+    grace_until: str    # a rotation's old token keeps working until then
+    why: str            # replacing a recorded token: the Ready message
+    status: Status
+
+
+@dataclass(frozen=True)
+class CheckRegistry:
+    token: Token
+    how: str  # created | adopted | rotated
+    why: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class CheckCredential:
+    realm: str
+    service: str | None
+    token: Token
+    how: str
+    why: str
+    status: Status
+
+
+@dataclass(frozen=True)
+class Obtained:
+    token: Token | None  # None: no return Secret, nothing to hold
+    how: str             # kept | fetched | created | adopted | rotated
+    why: str
+    status: Status
+
+
+TokenWork = Verify | Fetch | Acquire | CheckRegistry | CheckCredential | Obtained
+
+
+@dataclass(frozen=True)
+class Ensure:
+    """What settle() needs of the plan besides the token."""
+
+    held: Token | None                     # the token the return Secret holds, when usable
+    write_secret: Ref | None
+    deletes: tuple[DeleteSecret, ...]      # ours, no longer wanted (moved)
+    sa_edits: tuple[EditServiceAccount, ...]
+    attached: tuple[str, ...]              # status.serviceAccounts once sa_edits are done
+
+
+@dataclass(frozen=True)
+class ObtainToken:
+    first: TokenWork
+    ensure: Ensure
+
+
+Step = (PatchMetadata | WriteStatus | CreateSecret | ReplaceSecret | RecreateSecret | DeleteSecret
+        | EditServiceAccount | Revoke | RevokeByTitle | WaitForCreator | RemoveFinalizer | ObtainToken)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """Steps that end a pass, the status they reach, the Events and the report."""
+
+    steps: tuple[Step, ...]
+    status: Status
+    events: tuple[Transition, ...]
+    report: Report
+    base: Status  # what a failure among the steps builds on
 
 
 @dataclass(frozen=True)
 class Plan:
     """What a pass does, in order; ``apply.py`` carries it out."""
 
-    add_finalizer: bool = False
-    labels: Mapping[str, str | None] | None = None  # claim labels to add ("true") or drop (None)
-    skip: str = ""                        # why nothing else is done: "gone", "backoff"
-    failure: Failure | None = None        # record this and stop
-    token: TokenStep | None = None        # ensure: how to get the token
-    replace_reason: str = ""              # ACQUIRE replacing a recorded token: why (status)
-    held: Token | None = None             # the token the return Secret holds, when usable
-    write_secret: Ref | None = None       # where the pull Secret must hold the token
-    delete_secrets: tuple[Ref, ...] = ()  # ours, no longer wanted (moved, or deletion)
-    revoke: tuple[str, ...] = ()          # deletion: UUIDs to revoke (ensure revokes pendingRevocation
-                                          # once due, as it stands after the token step)
-    revoke_by_title: bool = False         # deletion: also unclaimed tokens titled spec.name
-    wait_for_lease: bool = False          # deletion: a creation is in flight, let it record
-    sa_edits: tuple[PullSecretsEdit, ...] = ()  # attach to / detach from ServiceAccounts
-    attached: tuple[str, ...] | None = None     # status.serviceAccounts once sa_edits are done
-    resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # for renewal_note
+    steps: tuple[Step, ...] = ()
+    status: Status | None = None          # the status the steps write, when known without Quay
+    events: tuple[Transition, ...] = ()
+    report: Report = READY
+    failure: Failure | None = None        # recorded instead of acting
+    recordable: bool = False              # a refusal among the steps is recorded (on_error)
+    cleanup: bool = False                 # a deletion pass
     inputs: str = ""                      # digest recorded with a failure
-    cleanup: bool = False                 # a deletion pass: revoke, detach, delete, drop our finalizer
 
 
+class Challenge(Protocol):
+    """The registry's Bearer challenge (``quay.RegistryChallenge``)."""
+
+    @property
+    def realm(self) -> str: ...
+    @property
+    def service(self) -> str | None: ...
+
+
+# -- plan ------------------------------------------------------------------------------------------
 def plan(ob: Observed) -> Plan:
     """The plan for one observed DockerToken (see the module docstring for the loop rule)."""
     dt = ob.dt
@@ -128,45 +286,53 @@ def plan(ob: Observed) -> Plan:
     if dt.deleting:
         return _plan_deletion(ob, inputs)
     add = not dt.has_finalizer
-    labels = claim_labels(dt, ob.conn.registry) if ob.conn is not None and dt.title else None
+    labels = claims.claim_labels(dt, ob.conn.registry) if ob.conn is not None and dt.title else None
     if _backing_off(dt.status, inputs, ob.now):
-        return Plan(add_finalizer=add, skip="backoff", inputs=inputs)
+        return Plan(steps=_metadata(dt, add, None), report=_backoff(dt.status), inputs=inputs)
     try:
         dt.validate()
         _renew_before(dt)
         template.validate_template(dt.secret_template)
     except PermanentError as exc:
-        return Plan(add_finalizer=add, failure=Failure.of(exc), inputs=inputs)
+        return _failing(ob, _metadata(dt, add, None), Failure(exc.reason, str(exc)), inputs)
     for error in (ob.consent_error, ob.conn_error):
         if error is not None:
-            return Plan(add_finalizer=add, failure=Failure.of(error), inputs=inputs)
+            return _failing(ob, _metadata(dt, add, None), Failure(error.reason, str(error)), inputs)
     if ob.ret_secret is not None and not pullsecret.is_ours(ob.ret_secret, dt):
-        return Plan(add_finalizer=add, labels=labels, inputs=inputs, failure=Failure(
+        return _failing(ob, _metadata(dt, add, labels), Failure(
             conditions.SECRET_CONFLICT,
             f"retSecretRef: Secret {dt.ret_secret} exists and belongs to something else (no "
-            "quay-dockertoken owner mark); choose another name or delete that Secret"))
+            "quay-dockertoken owner mark); choose another name or delete that Secret"), inputs)
     held = pullsecret.token_from(ob.ret_secret) if ob.ret_secret is not None else None
     if held is not None and held.uuid != dt.status.uuid:
         held = None
     step, why = token_step(dt, held, verify=ob.verify, now=ob.now)
     old = dt.status.ret_secret
     edits, attached = service_account_edits(dt, ob.service_accounts, keep=dt.service_accounts)
-    return Plan(
-        add_finalizer=add, labels=labels, token=step, replace_reason=why, held=held,
-        write_secret=dt.ret_secret,
-        delete_secrets=(old,) if old is not None and old != dt.ret_secret else (),
-        sa_edits=edits, attached=attached, resync_period=ob.resync_period, inputs=inputs,
-    )
+    ensure = Ensure(held=held, write_secret=dt.ret_secret,
+                    deletes=_deletes(ob, (old,) if old is not None and old != dt.ret_secret else ()),
+                    sa_edits=edits, attached=attached)
+    first = _first(ob, step, why, held)
+    meta = _metadata(dt, add, labels)
+    if not isinstance(first, Obtained):
+        return Plan(steps=(*meta, ObtainToken(first, ensure)), recordable=True, inputs=inputs)
+    try:
+        done = settle(ob, ensure, first)
+    except PermanentError as exc:
+        return _failing(ob, meta, Failure(exc.reason, str(exc)), inputs)
+    return Plan(steps=(*meta, *done.steps), status=done.status, events=done.events,
+                report=done.report, recordable=True, inputs=inputs)
 
 
 def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     dt = ob.dt
     if not dt.has_finalizer:
-        return Plan(skip="gone")
-    secrets = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
-    edits, _ = service_account_edits(dt, ob.service_accounts, keep=())
-    done = Plan(cleanup=True, delete_secrets=secrets, sa_edits=edits, inputs=inputs)
-    lease = lease_state(dt.status.creation, ob.now)
+        return Plan(report=Report("gone"))
+    refs = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
+    detach, _ = service_account_edits(dt, ob.service_accounts, keep=())
+    finish: tuple[Step, ...] = (*detach, *_deletes(ob, refs),
+                                RemoveFinalizer(tuple(f for f in dt.finalizers if f != FINALIZER)))
+    done = Plan(steps=finish, report=Report("finalized"), recordable=True, cleanup=True, inputs=inputs)
     if dt.preserve_in_quay:
         return done
     revoke = tuple(u for u in (dt.status.uuid, *dt.status.pending_revocation) if u)
@@ -175,43 +341,54 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     if not revoke and not by_title:
         return done  # nothing was ever made in Quay: no connection needed
     if _backing_off(dt.status, inputs, ob.now):
-        return Plan(skip="backoff", inputs=inputs, cleanup=True)
+        return Plan(report=_backoff(dt.status), cleanup=True, inputs=inputs)
     error = ob.consent_error or ob.conn_error
     if error is None and not dt.conn_secret.name:
         error = PermanentError("spec.connSecretRef.name is empty")
     if error is not None:
-        return Plan(cleanup=True, failure=cleanup_blocked(error), inputs=inputs)
-    return Plan(cleanup=True, delete_secrets=secrets, revoke=revoke, revoke_by_title=by_title,
-                wait_for_lease=lease is Lease.FRESH, sa_edits=edits, inputs=inputs)
+        failure = result.failure_of(error, cleanup=True)
+        assert failure is not None
+        return _failing(ob, (), failure, inputs, cleanup=True)
+    creating = claims.lease_state(dt.status.creation, ob.now) is Lease.FRESH
+    wait: tuple[Step, ...] = (WaitForCreator(),) if creating else ()
+    revoking: Step = RevokeByTitle(dt.title, revoke) if by_title else Revoke(revoke, "revoke-token")
+    return Plan(steps=(*wait, revoking, *finish), report=Report("finalized"), recordable=True,
+                cleanup=True, inputs=inputs)
 
 
-def claim_label(registry: str, title: str) -> str:
-    """The label of the objects that may claim tokens titled ``title`` on this Quay (hashed: no
-    title in clear). The Quay account is not in it (with an OAuth token only another Quay call
-    would tell it), so objects of other accounts with that title on that Quay are read too."""
-    return CLAIM_LABEL_PREFIX + hashlib.sha256(f"{registry}\x00{title}".encode()).hexdigest()[:40]
+def _metadata(dt: DockerToken, add: bool, labels: Mapping[str, str | None] | None) -> tuple[Step, ...]:
+    if not add and not labels:
+        return ()
+    return (PatchMetadata((*dt.finalizers, FINALIZER) if add else None, labels,
+                          "add-finalizer" if add else "set-claim-labels"),)
 
 
-def claim_labels(dt: DockerToken, registry: str) -> dict[str, str | None] | None:
-    """The label changes that keep ``dt`` findable by every title it may claim a token of: its
-    spec.name, the title of the token it holds, and, while old tokens await revocation, every
-    title it had; None when nothing changes."""
-    want = {claim_label(registry, t) for t in (dt.title, dt.status.token_name) if t}
-    if dt.status.pending_revocation:
-        want |= dt.claim_labels
-    changes: dict[str, str | None] = {k: "true" for k in want - dt.claim_labels}
-    changes.update({k: None for k in dt.claim_labels - want})
-    return changes or None
+def _backoff(status: Status) -> Report:
+    """Nothing that could fix the failure changed: say again what status says."""
+    ready = status.condition(conditions.READY) or {}
+    retry = status.retry
+    return Report("backoff", str(ready.get("reason", "")), str(ready.get("message", "")),
+                  retry.temporary if retry else False, retry.not_before if retry else "")
 
 
-def cleanup_blocked(exc: ReconcileError) -> Failure:
-    return Failure(
-        conditions.CLEANUP_BLOCKED,
-        f"cannot revoke the token in Quay: {exc}. Fix it, or set spec.preserveInQuayOnDeletion: "
-        f"true (the token then stays in Quay) or remove the finalizer {FINALIZER}, and delete "
-        "the token in Quay yourself",
-        temporary=isinstance(exc, QuayTransient),
-    )
+def _failing(ob: Observed, meta: tuple[Step, ...], failure: Failure, inputs: str, *,
+             cleanup: bool = False) -> Plan:
+    done = failed(ob, ob.dt.status, failure, inputs=inputs, cleanup=cleanup)
+    return Plan(steps=(*meta, *done.steps), status=done.status, events=done.events,
+                report=done.report, failure=failure, cleanup=cleanup, inputs=inputs)
+
+
+def _first(ob: Observed, step: TokenStep, why: str, held: Token | None) -> TokenWork:
+    st, title = ob.dt.status, ob.dt.title
+    if step is TokenStep.KEEP:
+        return Obtained(held, "kept", "", st)
+    if step is TokenStep.VERIFY:
+        return Verify(st.uuid, held, ob.wave, st)
+    if step is TokenStep.FETCH:
+        return Fetch(st.uuid, st)
+    rotation = step is TokenStep.ROTATE
+    grace = rfc3339(ob.now + ob.rotation_grace) if rotation else ""
+    return Acquire(title, rotation, revoke_old=True, grace_until=grace, why=why, status=st)
 
 
 def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
@@ -234,6 +411,7 @@ def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
     return (TokenStep.VERIFY if verify else TokenStep.KEEP), ""
 
 
+# -- continuations: Quay's answers -> the next step ------------------------------------------------
 def after_verify(held: Token | None, listed: Token | None,
                  now: datetime.datetime) -> tuple[TokenStep, Token | None]:
     """VERIFY, once the (cached) list is known: KEEP with Quay's dates, or FETCH to be sure."""
@@ -245,8 +423,191 @@ def after_verify(held: Token | None, listed: Token | None,
                                  listed.last_accessed, held.code)
 
 
+def verified(ob: Observed, step: Verify, listed: Token | None) -> Obtained | Fetch:
+    """A token missing from the list (or expired in it) is confirmed with a GET."""
+    nxt, refreshed = after_verify(step.held, listed, ob.now)
+    if nxt is TokenStep.KEEP:
+        return Obtained(refreshed, "kept", "", step.status)
+    return Fetch(step.uuid, step.status)
+
+
+def fetched(ob: Observed, step: Fetch, token: Token | None) -> Obtained | Acquire:
+    """The GET's answer; None: revoked or expired in Quay, so a replacement is made."""
+    if token is not None:
+        return Obtained(token, "fetched", "", step.status)
+    why = f"token {step.uuid} no longer exists in Quay (revoked or expired); created a replacement"
+    return Acquire(ob.dt.title, rotation=False, revoke_old=False, grace_until="", why=why,
+                   status=step.status)
+
+
+def acquired(step: Acquire, token: Token, *, adopted: bool, status: Status) -> CheckRegistry:
+    """``creation.py`` recorded ``token`` (``status`` as written): check it at the registry."""
+    how = "rotated" if step.rotation else "adopted" if adopted else "created"
+    return CheckRegistry(token, how, step.why, status)
+
+
+def challenged(ob: Observed, step: CheckRegistry, challenge: Challenge | None) -> CheckCredential | Obtained:
+    """The registry's own name (when other than the API host) goes to status and the pull
+    Secret; its realm is where the new code is tried."""
+    if challenge is None:
+        return _credential(ob, step, None, "NoRegistryChallenge",
+                           "GET /v2/ announced no Bearer challenge; the code was not checked")
+    assert ob.conn is not None
+    service = challenge.service or ""
+    status = step.status.with_(registry=service if service != ob.conn.registry else "")
+    return CheckCredential(challenge.realm, challenge.service, step.token, step.how, step.why, status)
+
+
+def credential_checked(ob: Observed, step: CheckCredential, ok: bool, detail: str) -> Obtained:
+    return _credential(ob, step, ok, "RegistryAccepted" if ok else "RegistryRefused", detail)
+
+
+def unchecked(ob: Observed, step: CheckRegistry | CheckCredential, error: Exception) -> Obtained:
+    """The token is made and recorded: a check that cannot be made is reported, not fatal."""
+    return _credential(ob, step, None, "CheckFailed", f"could not check the code at the registry: {error}")
+
+
+def _credential(ob: Observed, step: CheckRegistry | CheckCredential, ok: bool | None, reason: str,
+                detail: str) -> Obtained:
+    conds = conditions.set_condition(
+        step.status.conditions, type_=conditions.CREDENTIAL_VERIFIED, status=ok, reason=reason,
+        message=detail, generation=ob.dt.generation, now=rfc3339(ob.now))
+    return Obtained(step.token, step.how, step.why, step.status.with_(conditions=tuple(conds)))
+
+
+def by_title(ob: Observed, step: RevokeByTitle, others: Iterable[Mapping[str, Any]],
+             tokens: Iterable[Token]) -> Revoke:
+    """Deleting an object adopted from the old operator: every token with its title that no
+    other DockerToken claims (``others``: the same-title objects)."""
+    claimed = claims.claimed_uuids(others, except_uid=ob.dt.uid)
+    return Revoke((*step.also, *claims.revocable(tokens, title=step.title, claimed=claimed)), "revoke-token")
+
+
+def revoked(uuid: str) -> Transition:
+    return Transition(NORMAL, "TokenRevoked", f"revoked Quay token {uuid}")
+
+
+def namespace_missing(where: Ref) -> ConfigError:
+    """Creating the Secret got 404: its namespace does not exist."""
+    # the token is already recorded in status: a later pass writes the Secret once it can
+    return ConfigError(
+        f"retSecretRef.namespace: namespace {where.namespace!r} does not exist; create it "
+        "(the next resync then writes the Secret) or name an existing namespace")
+
+
+def on_error(ob: Observed, plan: Plan, step: Step, status: Status, exc: Exception, *,
+             lease_held: bool) -> Settlement | None:
+    """What to record when ``step`` of ``plan`` raised ``exc`` (``status``: as the pass had it);
+    None when nothing is (the event is answered 503 and redelivered): the metadata write, and
+    the writes of a plan that only records, are the API server's to fail."""
+    recordable = plan.recordable and not isinstance(step, PatchMetadata)
+    failure = result.failure_of(exc, cleanup=plan.cleanup) if recordable else None
+    if failure is None:
+        return None
+    return failed(ob, status, failure, inputs=plan.inputs, cleanup=plan.cleanup, lease_held=lease_held)
+
+
+# -- the end of a pass ---------------------------------------------------------------------------
+def settle(ob: Observed, ensure: Ensure, got: Obtained) -> Settlement:
+    """Once the token is known: the pull Secret, the moved Secret, the ServiceAccounts, old tokens
+    whose grace is over, and the status to write. Raises ConfigError for a Secret the API server
+    would refuse."""
+    dt, token = ob.dt, got.token
+    st = got.status
+    if token is not None:
+        st = st.with_(expiration=token.expiration)
+        if token.created:
+            st = st.with_(renewal_time=_renewal_time(dt, token))
+    base = st
+    steps: list[Step] = []
+    events = list(_token_events(ob, got))
+    if token is not None and ensure.write_secret is not None:
+        write, restored = _secret_write(ob, ensure, ensure.write_secret, token, st)
+        steps += write
+        events += restored
+        st = st.with_(ret_secret=ensure.write_secret)
+    steps += ensure.deletes
+    if dt.ret_secret is None:
+        st = st.with_(ret_secret=None)
+    steps += ensure.sa_edits
+    st = st.with_(service_accounts=ensure.attached)
+    if st.pending_revocation and revocation_due(st.revoke_after, ob.now):
+        steps.append(Revoke(st.pending_revocation, "revoke-old-token"))
+        st = st.with_(pending_revocation=(), revoke_after="")
+    note = renewal_note(dt, token, ob.resync_period)
+    st, reason, message = ready_status(dt, st, replaced=got.why, now=ob.now, note=note)
+    steps.append(WriteStatus(st))
+    return Settlement(tuple(steps), st, tuple(events), Report("ready", reason, message), base)
+
+
+def failed(ob: Observed, status: Status, failure: Failure, *, inputs: str, cleanup: bool = False,
+           lease_held: bool = False) -> Settlement:
+    """Record the failure (and free a lease this pass holds) in one write; a Warning Event when
+    Ready turns False."""
+    st = failed_status(ob.dt, status, failure, inputs, ob.now)
+    if lease_held:
+        st = st.with_(creation=None)
+    was = (ob.dt.status.condition(conditions.READY) or {}).get("status")
+    events = (Transition(WARNING, failure.reason, failure.message),) if was != "False" else ()
+    outcome = "blocked" if cleanup else "retrying" if failure.temporary else "failed"
+    retry_at = st.retry.not_before if st.retry else ""
+    report = Report(outcome, failure.reason, failure.message, failure.temporary, retry_at)
+    return Settlement((WriteStatus(st),), st, events, report, st)
+
+
+def _token_events(ob: Observed, got: Obtained) -> tuple[Transition, ...]:
+    dt, token = ob.dt, got.token
+    if token is None or got.how in ("kept", "fetched"):
+        return ()
+    if got.how == "rotated":
+        return (Transition(NORMAL, "TokenRotated", (
+            f"replaced Quay token {dt.status.uuid} before it expires ({dt.status.expiration}) with "
+            f"{token.uuid}; the old one is revoked after {int(ob.rotation_grace.total_seconds())} s")),)
+    reason = "TokenAdopted" if got.how == "adopted" else "TokenCreated"
+    return (Transition(NORMAL, reason, f"{got.how} Quay token {token.uuid} titled {dt.title!r}"),)
+
+
+def _secret_write(ob: Observed, ensure: Ensure, where: Ref, token: Token,
+                  status: Status) -> tuple[list[Step], list[Transition]]:
+    """The write that makes the Secret at ``where`` hold ``token`` (none when it does), and the
+    SecretRestored Event when it had lost it."""
+    dt, current = ob.dt, ob.ret_secret
+    assert ob.conn is not None
+    hosts = [ob.conn.registry, *([status.registry] if status.registry else [])]
+    desired = pullsecret.build(dt, where, token, hosts)
+    events: list[Transition] = []
+    restoring = dt.status.ret_secret == where and token.uuid == dt.status.uuid
+    if restoring and (current is None or ensure.held is None):
+        events.append(Transition(NORMAL, "SecretRestored", f"restored the pull Secret {where} (it was "
+                                 f"{'deleted' if current is None else 'changed'})"))
+    if current is None:
+        return [CreateSecret(where, desired)], events
+    if pullsecret.is_intact(current, desired):
+        return [], events
+    meta = current["metadata"]
+    if current.get("type") != desired["type"]:
+        return [RecreateSecret(where, str(meta.get("uid") or ""), desired)], events
+    body = {**desired, "metadata": {  # keep labels and annotations others added
+        **desired["metadata"],
+        "resourceVersion": meta.get("resourceVersion"),
+        "labels": {**(meta.get("labels") or {}), **desired["metadata"]["labels"]},
+        "annotations": {**(meta.get("annotations") or {}), **desired["metadata"]["annotations"]},
+    }}
+    return [ReplaceSecret(body)], events
+
+
+def _deletes(ob: Observed, refs: Iterable[Ref]) -> tuple[DeleteSecret, ...]:
+    """Those of ``refs`` whose Secret (as observed) is ours."""
+    out = []
+    for ref in refs:
+        found = ob.ret_secret if ref == ob.dt.ret_secret else ob.old_ret_secret
+        if found is not None and pullsecret.is_ours(found, ob.dt):
+            out.append(DeleteSecret(ref, str(found["metadata"].get("uid") or "")))
+    return tuple(out)
+
+
 def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any] | None], *,
-                          keep: Iterable[str]) -> tuple[tuple[PullSecretsEdit, ...], tuple[str, ...]]:
+                          keep: Iterable[str]) -> tuple[tuple[EditServiceAccount, ...], tuple[str, ...]]:
     """The imagePullSecrets edits that attach the return Secret to the ServiceAccounts in
     ``keep`` and detach it from those status lists and ``keep`` does not; and the attached list.
     A ServiceAccount that does not exist is skipped (a later resync attaches it)."""
@@ -262,17 +623,18 @@ def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any]
         new = pullsecret.pull_secret_edit(account.get("imagePullSecrets"), secret, wanted)
         if new is not None:
             meta = account.get("metadata") or {}
-            edits.append(PullSecretsEdit(name, tuple(new), str(meta.get("resourceVersion") or ""),
-                                         wanted))
+            edits.append(EditServiceAccount(
+                dt.ret_secret.namespace, name, tuple(new), str(meta.get("resourceVersion") or ""),
+                "attach-to-serviceaccount" if wanted else "detach-from-serviceaccount"))
         if wanted:
             attached.append(name)
     return tuple(edits), tuple(attached)
 
 
-def renewal_fields(dt: DockerToken, token: Token) -> dict[str, Any]:
-    """``status.renewalTime`` for ``token`` (None when it does not expire)."""
+def _renewal_time(dt: DockerToken, token: Token) -> str:
+    """``status.renewalTime`` for ``token`` ("" when it does not expire)."""
     at = renewal.renewal_time(parse_time(token.created), parse_time(token.expiration), _renew_before(dt))
-    return {"renewalTime": rfc3339(at) if at is not None else None}
+    return rfc3339(at) if at is not None else ""
 
 
 def renewal_note(dt: DockerToken, token: Token | None, resync_period: datetime.timedelta) -> str:
@@ -313,43 +675,35 @@ def _backing_off(status: Status, inputs: str, now: datetime.datetime) -> bool:
     return due is not None and now < due - RETRY_SLACK
 
 
-def retry_record(status: Status, inputs: str, failure: Failure, now: datetime.datetime) -> dict[str, Any]:
+def retry_record(status: Status, inputs: str, failure: Failure, now: datetime.datetime) -> Retry:
     """The ``status.retry`` of a failure: attempts count up while the inputs stay the same."""
     old = status.retry
     attempts = old.attempts + 1 if old is not None and old.inputs == inputs else 1
     delay = min(RETRY_BASE * 2 ** min(attempts - 1, 16), RETRY_MAX)
-    return {"inputs": inputs, "attempts": attempts, "notBefore": rfc3339(now + delay),
-            "temporary": failure.temporary}
+    return Retry(inputs, attempts, rfc3339(now + delay), failure.temporary)
 
 
 # -- status ----------------------------------------------------------------------------------------
-def failed_status(dt: DockerToken, raw: Mapping[str, Any], failure: Failure, inputs: str,
-                  now: datetime.datetime) -> dict[str, Any]:
-    """Status after a failure: Ready=False, the message, the retry record, no lease left."""
-    st = dict(raw)
-    st["message"] = failure.message
-    st["observedGeneration"] = dt.generation
-    st["retry"] = retry_record(dt.status, inputs, failure, now)
-    if lease_state(dt.status.creation, now) is not Lease.FRESH:
-        st["creation"] = None
-    st["conditions"] = conditions.set_ready(
-        st.get("conditions") or [], ready=False, reason=failure.reason, message=failure.message,
-        generation=dt.generation, now=rfc3339(now))
-    return st
+def failed_status(dt: DockerToken, status: Status, failure: Failure, inputs: str,
+                  now: datetime.datetime) -> Status:
+    """Status after a failure: Ready=False, the message, the retry record, no abandoned lease."""
+    st = status.with_(message=failure.message, observed_generation=dt.generation,
+                      retry=retry_record(dt.status, inputs, failure, now))
+    if claims.lease_state(dt.status.creation, now) is not Lease.FRESH:
+        st = st.with_(creation=None)
+    return st.with_(conditions=tuple(conditions.set_ready(
+        st.conditions, ready=False, reason=failure.reason, message=failure.message,
+        generation=dt.generation, now=rfc3339(now))))
 
 
-def ready_status(dt: DockerToken, raw: Mapping[str, Any], *, replaced: str,
-                 now: datetime.datetime, note: str = "") -> tuple[dict[str, Any], str, str]:
+def ready_status(dt: DockerToken, status: Status, *, replaced: str, now: datetime.datetime,
+                 note: str = "") -> tuple[Status, str, str]:
     """Status after a successful pass, and the Ready (reason, message)."""
-    st = dict(raw)
-    if st.get("uuid"):
-        st["existInQuay"] = True
-    st["message"] = ""
-    st["observedGeneration"] = dt.generation
-    st["retry"] = None
+    st = status.with_(exist_in_quay=status.exist_in_quay or bool(status.uuid), message="",
+                      observed_generation=dt.generation, retry=None)
     # a lease is freed by its holder, which may be POSTing right now; drop only an abandoned one
-    if lease_state(Status.from_object(st).creation, now) is Lease.STALE:
-        st["creation"] = None
+    if claims.lease_state(st.creation, now) is Lease.STALE:
+        st = st.with_(creation=None)
     old = dt.status.condition(conditions.READY)
     if replaced:
         reason, message = conditions.TOKEN_REPLACED, replaced
@@ -358,148 +712,33 @@ def ready_status(dt: DockerToken, raw: Mapping[str, Any], *, replaced: str,
     else:
         reason, message = conditions.TOKEN_READY, ""
     message = replaced or note or message
-    st["conditions"] = conditions.set_ready(
-        st.get("conditions") or [], ready=True, reason=reason, message=message,
-        generation=dt.generation, now=rfc3339(now))
+    st = st.with_(conditions=tuple(conditions.set_ready(
+        st.conditions, ready=True, reason=reason, message=message, generation=dt.generation,
+        now=rfc3339(now))))
     return st, reason, message
 
 
-def recorded(dt: DockerToken, token: Token, pending: Iterable[str], *, revoke_old: bool,
-             grace_until: str = "") -> dict[str, Any]:
-    """What is written the moment a token is obtained, before anything else can fail.
-
-    ``grace_until``: a rotation's old token keeps working until then (pulls in flight).
-    """
+def recorded(status: Status, dt: DockerToken, token: Token, *, revoke_old: bool,
+             grace_until: str = "") -> Status:
+    """What is written the moment a token is obtained, before anything else can fail: the token,
+    no lease, and the old token to revoke once the Secret holds the new one (after
+    ``grace_until``, a rotation's grace for pulls in flight)."""
     old = dt.status.uuid
-    keep = [u for u in pending if u not in (token.uuid, old)]
+    keep = [u for u in status.pending_revocation if u not in (token.uuid, old)]
     if revoke_old and old and old != token.uuid:
-        keep.append(old)  # revoked once the Secret holds the new one
-    return {"uuid": token.uuid, "tokenName": dt.title, "expiration": token.expiration or None,
-            "existInQuay": True, "creation": None, "pendingRevocation": keep or None,
-            "revokeAfter": (grace_until or dt.status.revoke_after or None) if keep else None,
-            **renewal_fields(dt, token)}
+        keep.append(old)
+    return status.with_(uuid=token.uuid, token_name=dt.title, expiration=token.expiration,
+                        exist_in_quay=True, creation=None, pending_revocation=tuple(keep),
+                        revoke_after=(grace_until or dt.status.revoke_after) if keep else "",
+                        renewal_time=_renewal_time(dt, token))
 
 
-def revocation_due(status: Mapping[str, Any], now: datetime.datetime) -> bool:
+def revocation_due(revoke_after: str, now: datetime.datetime) -> bool:
     """Whether pendingRevocation may be revoked now (a rotation's grace period is over)."""
-    after = parse_time(str(status.get("revokeAfter") or ""))
+    after = parse_time(revoke_after)
     return after is None or after <= now
 
 
-def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch turning ``current`` status into ``desired``; empty when equal."""
-    patch: dict[str, Any] = {}
-    for key in set(current) | set(desired):
-        want = desired.get(key)
-        if current.get(key) != want:
-            patch[key] = want  # None removes the key
-    return patch
-
-
-# -- time -------------------------------------------------------------------------------------------
-def rfc3339(when: datetime.datetime) -> str:
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str) -> datetime.datetime | None:
-    """Quay's RFC 2822 dates (``-0000``) or our RFC 3339 ones; None when absent or unparsable."""
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        try:
-            parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
-def is_expired(expiration: str, now: datetime.datetime) -> bool:
-    when = parse_time(expiration)
-    return when is not None and when <= now
-
-
-# -- the creation lease and adoption --------------------------------------------------------------
-def lease_state(creation: Creation | None, now: datetime.datetime) -> Lease:
-    if creation is None:
-        return Lease.NONE
-    since = parse_time(creation.since)
-    if since is None or now - since >= LEASE_TTL:
-        return Lease.STALE
-    return Lease.FRESH
-
-
-def claim_view(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of another DockerToken the claim and lease rules read; keeps a list of thousands
-    of objects small in memory (managedFields and spec are dropped)."""
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-    return {
-        "metadata": {k: meta.get(k) for k in ("uid", "namespace", "name")},
-        "status": {k: status[k] for k in ("uuid", "pendingRevocation", "creation") if k in status},
-    }
-
-
-def claimed_uuids(objects: Iterable[Mapping[str, Any]], *, except_uid: str) -> set[str]:
-    """UUIDs other DockerTokens track (or are about to revoke): never adopt or revoke those."""
-    out: set[str] = set()
-    for obj in objects:
-        if (obj.get("metadata") or {}).get("uid") == except_uid:
-            continue
-        st = Status.from_object(obj.get("status"))
-        out.update(u for u in (st.uuid, *st.pending_revocation) if u)
-    return out
-
-
-def _rivals(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
-            now: datetime.datetime) -> Iterator[tuple[bool, str]]:
-    """(is older than ours, namespace/name) of every other fresh lease on the same title."""
-    mine = (ours.since, dt.uid)
-    for obj in objects:
-        meta = obj.get("metadata") or {}
-        if meta.get("uid") == dt.uid:
-            continue
-        other = Status.from_object(obj.get("status")).creation
-        if other is None or other.title != ours.title or lease_state(other, now) is not Lease.FRESH:
-            continue
-        yield (other.since, str(meta.get("uid"))) < mine, f"{meta.get('namespace')}/{meta.get('name')}"
-
-
-def yields_to(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
-              now: datetime.datetime) -> str:
-    """Name of another DockerToken creating a same-title token first, or "" if we go ahead.
-
-    Both sides take their lease before looking, so at least one sees the other; the older
-    (since, uid) lease wins, so they never both back off or both go.
-    """
-    return next((name for older, name in _rivals(objects, dt, ours, now) if older), "")
-
-
-def waits_for(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creation,
-              now: datetime.datetime) -> str:
-    """Name of another DockerToken with a younger fresh lease on the same title, or "".
-
-    The younger side yields once it sees us, but it may have looked before our lease landed
-    (clocks differ between pods, and ``since`` has one-second resolution): then it is POSTing
-    now and its token is not claimed yet. The older side must wait for it to record its token
-    before looking for one to adopt, or both objects would own the same token.
-    """
-    return next((name for older, name in _rivals(objects, dt, ours, now) if not older), "")
-
-
-def pick_adoptable(tokens: Iterable[Token], *, title: str, claimed: set[str],
-                   now: datetime.datetime) -> Token | None:
-    """The newest unexpired token with this title that no other DockerToken claims."""
-    candidates = [
-        t for t in tokens
-        if t.title == title and t.uuid not in claimed and not is_expired(t.expiration, now)
-    ]
-    candidates.sort(key=lambda t: parse_time(t.created) or datetime.datetime.min.replace(
-        tzinfo=datetime.UTC))
-    return candidates[-1] if candidates else None
-
-
-def revocable(tokens: Iterable[Token], *, title: str, claimed: set[str]) -> list[str]:
-    """Deleting an object adopted from the old operator (no UUID): its documented behaviour is to
-    revoke every token with its title; we spare those another DockerToken tracks."""
-    return [t.uuid for t in tokens if t.title == title and t.uuid not in claimed]
+def lease(dt: DockerToken, *, id_: str, now: datetime.datetime) -> Creation:
+    """The creation lease a pass of ``dt`` takes at ``now``."""
+    return Creation(id=id_, title=dt.title, since=rfc3339(now))

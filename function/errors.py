@@ -34,6 +34,7 @@ __all__ = [
     "QuayTransient",
     "QuayUnexpectedResponse",
     "ReconcileError",
+    "Restart",
     "TemporaryError",
 ]
 
@@ -130,3 +131,7 @@ class QuayUnexpectedResponse(QuayPermanent):
     """Quay answered something the contract does not describe."""
 
     reason = "QuayUnexpectedResponse"
+
+
+class Restart(Exception):
+    """The object changed under a pass (or went away): start again from a fresh read."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from function.model import API_VERSION, CODE_LIKE, KIND
@@ -21,6 +22,7 @@ __all__ = [
     "NORMAL",
     "REPORTING_CONTROLLER",
     "WARNING",
+    "Transition",
     "build_event",
     "micro_time",
 ]
@@ -41,6 +43,15 @@ NOTE_MAX_BYTES = 1024
 FIELD_MAX = 128  # action, reason, reportingInstance
 NAME_MAX = 253
 _TRUNCATED = "..."
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An Event to record about the DockerToken: what ``decide.py`` says happened."""
+
+    type: str  # NORMAL or WARNING
+    reason: str
+    note: str
 
 
 def build_event(dt_namespace: str, dt_name: str, dt_uid: str, type_: str, reason: str, note: str,

@@ -19,7 +19,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,14 +244,14 @@ class Kube:
                 return
 
     def patch_metadata(self, namespace: str, name: str, resource_version: str, *,
-                       finalizers: list[str] | None = None,
+                       finalizers: Sequence[str] | None = None,
                        labels: Mapping[str, str | None] | None = None) -> dict[str, Any]:
         """Replace metadata.finalizers and/or merge labels, conditioned on resourceVersion (409 if
         anyone wrote since); {} when the object is gone."""
         self.writes += 1
         meta: dict[str, Any] = {"resourceVersion": resource_version}
         if finalizers is not None:
-            meta["finalizers"] = finalizers
+            meta["finalizers"] = list(finalizers)
         if labels:
             meta["labels"] = dict(labels)
         body = {"metadata": meta}

@@ -13,8 +13,10 @@ unavailable (the CronJob counts it); 400 for a malformed event. ``GET /healthz``
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -24,9 +26,9 @@ import functions_framework
 from cloudevents.http import from_http
 from cloudevents.http.event import CloudEvent
 
-from function import events, logs
-from function.errors import BadEvent, TemporaryError
-from function.reconcile import Outcome, Reconciler
+from function import events, logs, result
+from function.reconcile import Reconciler
+from function.result import Result
 
 logs.setup()
 logger = logging.getLogger("function")
@@ -39,7 +41,8 @@ _reconciler: Reconciler | None = None
 
 
 def reconciler() -> Reconciler:
-    """Built on the first event, so the process starts fast and tests can set KUBECONFIG first."""
+    """Built on the first event, so the process starts fast and tests can set KUBECONFIG first.
+    The deployment's settings are read here, once."""
     global _reconciler
     with _lock:
         if _reconciler is None:
@@ -47,8 +50,12 @@ def reconciler() -> Reconciler:
             from function.kube import Kube
 
             period = os.environ.get("RESYNC_PERIOD", "")  # the CronJob's schedule, e.g. "10m"
-            _reconciler = Reconciler(Kube(), resync_period=renewal.parse_duration(
-                period, "RESYNC_PERIOD") if period else None)
+            grace = float(os.environ.get("ROTATION_GRACE_SECONDS") or 0)
+            _reconciler = Reconciler(
+                Kube(),
+                resync_period=renewal.parse_duration(period, "RESYNC_PERIOD") if period else None,
+                rotation_grace=datetime.timedelta(seconds=grace) if grace else None,
+                reporting_instance=os.environ.get("HOSTNAME") or socket.gethostname())
         return _reconciler
 
 
@@ -64,40 +71,30 @@ def handle(cloud_event: CloudEvent) -> None:
     flask.g.handled = True
     try:
         target = events.parse_event(attrs, cloud_event.data)
-        if target is None:
-            _log(fields, started, "ignored", 204)
-            return
-        fields.update(namespace=target.namespace, name=target.name)
-        outcome = reconciler().reconcile(target.namespace, target.name,
-                                         verify_quay=target.verify_quay, wave=target.wave)
-    # the event itself is wrong: redelivering the same bytes cannot help
-    except BadEvent as exc:
-        _log(fields, started, "bad-event", 400, message=str(exc))
-        flask.abort(_answer(400, f"bad event: {exc}"))
-    # Quay or the API server is unavailable, or a concurrent delivery holds the lease: redeliver
-    except TemporaryError as exc:
-        _log(fields, started, "retry", 503, reason=exc.reason, message=str(exc))
-        flask.abort(_answer(503, f"temporary failure, retry: {exc}"))
-    # a bug or a failure nobody foresaw: 503 so it is retried (500 would drop the event)
-    except Exception:
-        logger.exception("unexpected error", extra={"fields": fields})
-        _log(fields, started, "error", 503)
-        flask.abort(_answer(503, "unexpected error; see the function's log"))
-    if outcome.temporary and target.verify_quay:
-        _log(fields, started, outcome.result, 503, outcome=outcome)
-        flask.abort(_answer(503, f"temporary failure, retried after a backoff: {outcome.message}"))
-    _log(fields, started, outcome.result, 204, outcome=outcome)
+        if target is not None:
+            fields.update(namespace=target.namespace, name=target.name)
+        answer = result.IGNORED if target is None else reconciler().reconcile(
+            target.namespace, target.name, verify_quay=target.verify_quay, wave=target.wave)
+    # a malformed event, or no reconciler: the one mapping of errors to answers (result.py)
+    except Exception as exc:
+        answer = result.from_error(exc)
+        if answer.unexpected:
+            logger.exception("unexpected error", extra={"fields": fields})
+    _log(fields, started, answer)
+    if answer.http != result.NO_CONTENT:
+        flask.abort(_answer(answer.http, answer.answer))
 
 
-def _log(fields: dict[str, Any], started: float, result: str, http: int, *,
-         outcome: Outcome | None = None, **extra: Any) -> None:
-    line = {**fields, "outcome": result, "http": http,
-            "duration_ms": round((time.monotonic() - started) * 1000, 1), **extra}
-    if outcome is not None:
-        line.update(actions=outcome.actions, quay_calls=outcome.quay_calls, writes=outcome.writes,
-                    claims_read=outcome.claims_read, reason=outcome.reason, message=outcome.message)
+def _log(fields: dict[str, Any], started: float, answer: Result) -> None:
+    tally = answer.tally
+    line = {**fields, "outcome": answer.outcome, "http": answer.http,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "actions": list(tally.actions), "quay_calls": tally.quay_calls, "writes": tally.writes,
+            "claims_read": tally.claims_read, "reason": answer.reason, "message": answer.message}
+    if answer.retry_at:
+        line["retry_at"] = answer.retry_at
     logger.info("%s %s/%s: %s", fields.get("event"), fields.get("namespace", "-"),
-                fields.get("name", "-"), result, extra={"fields": line})
+                fields.get("name", "-"), answer.outcome, extra={"fields": line})
 
 
 def _check_request() -> flask.Response | None:

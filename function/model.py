@@ -7,6 +7,7 @@ caller gets the same field-naming messages.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ MAX_TITLE = 255
 # retry time (like Flux's reconcile.fluxcd.io/requestedAt): `kubectl annotate --overwrite ...`.
 RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
 # On every DockerToken the function manages, one label per (Quay host, token title) whose tokens
-# it may claim, keyed by a hash (decide.claim_label): the claim and lease checks list only the
+# it may claim, keyed by a hash (claims.claim_label): the claim and lease checks list only the
 # objects that can matter, whatever the size of the cluster.
 CLAIM_LABEL_PREFIX = "quay.herve4m.github.io/claims-"
 # The ownership marks of a return Secret (pullsecret.py): nothing else's Secret is ever written.
@@ -92,7 +93,12 @@ class Creation:
 
 @dataclass(frozen=True)
 class Status:
-    """The persisted part of what we know; see the CRD for each field's meaning."""
+    """``status`` of a DockerToken, typed; see the CRD for each field's meaning.
+
+    Read with :meth:`from_object`; a pass builds the status it wants with :meth:`with_` and
+    writes :meth:`merge_patch` against the stored one: only the fields that differ, nothing at
+    all when equal (fields this version does not know are never touched).
+    """
 
     uuid: str = ""
     token_name: str = ""
@@ -107,6 +113,8 @@ class Status:
     registry: str = ""              # the registry's own host (Quay's SERVER_HOSTNAME), if other
     service_accounts: tuple[str, ...] = ()  # those whose imagePullSecrets hold the Secret
     conditions: tuple[Mapping[str, Any], ...] = ()
+    message: str | None = None      # None: not written yet ("" is the success message)
+    observed_generation: int = 0
 
     @classmethod
     def from_object(cls, raw: Mapping[str, Any] | None) -> Status:
@@ -114,6 +122,7 @@ class Status:
         ret = raw.get("retSecret") or {}
         creation = raw.get("creation") or None
         retry = raw.get("retry") or None
+        message = raw.get("message")
         return cls(
             uuid=str(raw.get("uuid") or ""),
             token_name=str(raw.get("tokenName") or ""),
@@ -137,10 +146,47 @@ class Status:
             registry=str(raw.get("registry") or ""),
             service_accounts=tuple(str(n) for n in raw.get("serviceAccounts") or ()),
             conditions=tuple(raw.get("conditions") or ()),
+            message=message if isinstance(message, str) else None,
+            observed_generation=_int(raw.get("observedGeneration")),
         )
 
     def condition(self, type_: str) -> Mapping[str, Any] | None:
         return next((c for c in self.conditions if c.get("type") == type_), None)
+
+    def with_(self, **changes: Any) -> Status:
+        """A copy with ``changes`` (field names as in this class)."""
+        return dataclasses.replace(self, **changes)
+
+    def merge_patch(self, stored: Status) -> dict[str, Any]:
+        """The JSON merge patch that turns ``stored`` into this status; {} when they are equal.
+        An empty value is written as null, which removes the key."""
+        return {key: _raw(getattr(self, name), keep_empty=name == "message")
+                for name, key in _KEYS.items() if getattr(self, name) != getattr(stored, name)}
+
+
+# Status fields and their keys in the object.
+_KEYS = {
+    "uuid": "uuid", "token_name": "tokenName", "expiration": "expiration",
+    "exist_in_quay": "existInQuay", "ret_secret": "retSecret",
+    "pending_revocation": "pendingRevocation", "creation": "creation", "retry": "retry",
+    "renewal_time": "renewalTime", "revoke_after": "revokeAfter", "registry": "registry",
+    "service_accounts": "serviceAccounts", "conditions": "conditions", "message": "message",
+    "observed_generation": "observedGeneration",
+}
+
+
+def _raw(value: object, *, keep_empty: bool = False) -> Any:
+    """A status field as JSON: empty values as null (unless ``keep_empty``: the message "")."""
+    if isinstance(value, Ref):
+        return {"namespace": value.namespace, "name": value.name}
+    if isinstance(value, Creation):
+        return {"id": value.id, "title": value.title, "since": value.since}
+    if isinstance(value, Retry):
+        return {"inputs": value.inputs, "attempts": value.attempts, "notBefore": value.not_before,
+                "temporary": value.temporary}
+    if isinstance(value, tuple):
+        return [dict(v) if isinstance(v, Mapping) else v for v in value] or None
+    return value if keep_empty else value or None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from function import conditions, pullsecret
+from function import conditions, decide, pullsecret
 from function.connection import Connection, parse_connection
 from function.decide import Observed
 from function.errors import PermanentError
@@ -27,7 +27,8 @@ ALLOWED_NAMESPACES = "quay.herve4m.github.io/allowed-namespaces"
 
 
 def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
-            wave: str = "", resync_period: datetime.timedelta | None = None) -> Observed:
+            wave: str = "", resync_period: datetime.timedelta = decide.RESYNC_PERIOD,
+            rotation_grace: datetime.timedelta = decide.ROTATION_GRACE) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
     dt = DockerToken.from_object(obj)
     conn, conn_error, conn_version, consent = _connection(kube, dt)
@@ -46,7 +47,7 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
         dt=dt, now=now, verify=verify, wave=wave, conn=conn, conn_error=conn_error, conn_version=conn_version,
         ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
         consent_version=f"{consent}/{ret_consent}", service_accounts=accounts,
-        **({"resync_period": resync_period} if resync_period else {}),
+        resync_period=resync_period, rotation_grace=rotation_grace,
     )
 
 

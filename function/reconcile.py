@@ -4,22 +4,23 @@ Called by ``main.py`` for every event. Level-based: the event only names the obj
 whether it is a resync, which also confirms the token in Quay). Each pass reads everything
 again (``observe.py``), decides with one pure function (``decide.plan``) and carries the plan
 out (``apply.py``). A conflicting write restarts the pass from a fresh read (a few times, then
-503 so the event is redelivered).
+503 so the event is redelivered). Whatever happens, the answer is one ``result.Result``.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable
 
-from function import decide
-from function.apply import Apply, Outcome, QuayFactory, Restart, quay_client
+from function import apply, decide, result
 from function.cache import TokenListCache
-from function.errors import TemporaryError
+from function.errors import Restart, TemporaryError
 from function.kube import Conflict, Kube
 from function.observe import observe
+from function.result import Report, Result, Tally
 
-__all__ = ["Outcome", "Reconciler"]
+logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
 
@@ -32,47 +33,46 @@ def utcnow() -> datetime.datetime:
 
 
 class Reconciler:
-    """Holds what outlives one event: the API client, the Quay client factory, the list cache."""
+    """Holds what outlives one event: the API client, the Quay client factory, the list cache,
+    the clock and the deployment's settings."""
 
-    def __init__(self, kube: Kube, *, quay_factory: QuayFactory = quay_client,
+    def __init__(self, kube: Kube, *, quay_factory: apply.QuayFactory = apply.quay_client,
                  cache: TokenListCache | None = None, clock: Clock = utcnow,
-                 resync_period: datetime.timedelta | None = None) -> None:
+                 resync_period: datetime.timedelta | None = None,
+                 rotation_grace: datetime.timedelta | None = None,
+                 reporting_instance: str = "quay-dockertoken") -> None:
         self.kube, self.quay_factory, self.clock = kube, quay_factory, clock
         self.cache = cache or TokenListCache()
-        self.resync_period = resync_period
+        self.resync_period = resync_period or decide.RESYNC_PERIOD
+        self.rotation_grace = rotation_grace or decide.ROTATION_GRACE
+        self.reporting_instance = reporting_instance  # names this pod in the Events it records
 
     def reconcile(self, namespace: str, name: str, *, verify_quay: bool = False,
-                  wave: str = "") -> Outcome:
-        """Bring one object in line. Raises TemporaryError (503) when a retry is needed."""
-        total = Outcome("gone")
-        for _ in range(MAX_PASSES):
-            kube = self.kube.session()  # counts this pass's writes only
-            obj = kube.get_dockertoken(namespace, name)
-            if obj is None:
-                return _merged(total, Outcome("gone"))
-            observed = observe(kube, obj, verify=verify_quay, wave=wave, now=self.clock(),
-                               resync_period=self.resync_period)
-            step = Apply(kube, self.quay_factory, self.cache, observed, decide.plan(observed),
-                         obj.get("status") or {})
-            try:
-                step.run()
-                return _merged(total, step.close())
-            # someone wrote the object meanwhile: decide again on its new state
-            except (Conflict, Restart):
-                _merged(total, step.close())
-                continue
-            except BaseException:
-                step.close()
-                raise
-        raise TemporaryError(f"{namespace}/{name}: still changing after {MAX_PASSES} attempts")
-
-
-def _merged(total: Outcome, last: Outcome) -> Outcome:
-    """The event's outcome: the last pass's result, every pass's actions and counts."""
-    total.actions += last.actions
-    total.quay_calls += last.quay_calls
-    total.writes += last.writes
-    total.claims_read += last.claims_read
-    total.result, total.reason, total.message, total.temporary = (
-        last.result, last.reason, last.message, last.temporary)
-    return total
+                  wave: str = "") -> Result:
+        """Bring one object in line; never raises (see result.py for the answers)."""
+        tally = Tally()
+        try:
+            for _ in range(MAX_PASSES):
+                kube = self.kube.session()  # counts this pass's writes only
+                obj = kube.get_dockertoken(namespace, name)
+                if obj is None:
+                    return result.finished(Report("gone"), tally, resync=verify_quay)
+                observed = observe(kube, obj, verify=verify_quay, wave=wave, now=self.clock(),
+                                   resync_period=self.resync_period, rotation_grace=self.rotation_grace)
+                step = apply.Pass(kube, self.quay_factory, self.cache, observed, decide.plan(observed),
+                                  reporting_instance=self.reporting_instance)
+                try:
+                    report = step.run()
+                # someone wrote the object meanwhile: decide again on its new state
+                except (Conflict, Restart):
+                    continue
+                finally:
+                    tally += step.close()
+                return result.finished(report, tally, resync=verify_quay)
+            raise TemporaryError(f"{namespace}/{name}: still changing after {MAX_PASSES} attempts")
+        # nothing could be recorded: the one mapping of errors to answers
+        except Exception as exc:
+            answer = result.from_error(exc, tally)
+            if answer.unexpected:
+                logger.exception("%s/%s: unexpected error", namespace, name)
+            return answer

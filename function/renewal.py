@@ -17,6 +17,7 @@ the resync period, or a token may expire between two resyncs before any pass fin
 from __future__ import annotations
 
 import datetime
+import email.utils
 import math
 import re
 from dataclasses import dataclass
@@ -30,10 +31,13 @@ __all__ = [
     "Renewal",
     "format_duration",
     "is_due",
+    "is_expired",
     "parse_duration",
+    "parse_time",
     "plan_renewal",
     "renewal_time",
     "resync_window_problem",
+    "rfc3339",
 ]
 
 FIELD = "spec.renewBefore"
@@ -175,3 +179,28 @@ def resync_window_problem(created: datetime.datetime | None,
 
 def _seconds(value: datetime.datetime) -> datetime.datetime:
     return value.replace(microsecond=0)
+
+
+# -- times -----------------------------------------------------------------------------------------
+def rfc3339(when: datetime.datetime) -> str:
+    """``2026-11-26T17:22:43Z``: whole seconds in UTC, as every time in status is written."""
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime.datetime | None:
+    """Quay's RFC 2822 dates (``-0000``) or our RFC 3339 ones; None when absent or unparsable."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        try:
+            parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def is_expired(expiration: str, now: datetime.datetime) -> bool:
+    when = parse_time(expiration)
+    return when is not None and when <= now

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from function import decide
+from function import claims, renewal
 from tests import checks, harness
 from tests.controlplane import ControlPlane
 from tests.env import Env, G, P, V, wait_for
@@ -191,7 +191,7 @@ def test_two_objects_with_one_title_never_share_a_token(
     env.quay.wait_held("create")
     since = _lease(env, "a")["since"]
     # leases count whole seconds (a tie goes by uid): let the clock pass a's, so b's is younger
-    wait_for(lambda: decide.rfc3339(datetime.datetime.now(datetime.UTC)) > since, timeout=5,
+    wait_for(lambda: renewal.rfc3339(datetime.datetime.now(datetime.UTC)) > since, timeout=5,
              what="the next second")
     b = harness.post(second_proc.url, harness.apiserver_event("add", env.get("b")))  # type: ignore[arg-type]
     assert b.status_code == 503, b.text
@@ -223,7 +223,7 @@ def test_a_younger_lease_elsewhere_is_waited_for_before_adopting(env: Env) -> No
     env.dockertoken("other", ret=None)
     # a holder is labelled (it took its lease on a pass that set its claim label first)
     env.custom.patch_namespaced_custom_object(G, V, env.ns, P, "other", {"metadata": {"labels": {
-        decide.claim_label(env.quay.host, "mytoken"): "true"}}})
+        claims.claim_label(env.quay.host, "mytoken"): "true"}}})
     ahead = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
     env.custom.patch_namespaced_custom_object_status(G, V, env.ns, P, "other", {"status": {
         "creation": {"id": "f" * 32, "title": "mytoken", "since": ahead.strftime("%Y-%m-%dT%H:%M:%SZ")}}})
@@ -248,7 +248,6 @@ def test_a_younger_lease_elsewhere_is_waited_for_before_adopting(env: Env) -> No
 
 
 def test_waits_for_names_only_younger_fresh_same_title_leases() -> None:
-    from function import decide
     from function.model import DockerToken
 
     def obj(uid: str, since: str, title: str = "t") -> dict[str, Any]:
@@ -265,13 +264,13 @@ def test_waits_for_names_only_younger_fresh_same_title_leases() -> None:
     older = obj("b", "2026-11-26T11:59:50Z")
     stale = obj("c", "2026-11-26T11:50:00Z")
     other_title = obj("d", "2026-11-26T11:59:59Z", title="u")
-    assert decide.waits_for([same_second_higher_uid], me, ours, now) == "ns/z"
-    assert decide.waits_for([later], me, ours, now) == "ns/a"
-    assert decide.waits_for([older, stale, other_title, obj("m", "2026-11-26T11:59:58Z")],
+    assert claims.waits_for([same_second_higher_uid], me, ours, now) == "ns/z"
+    assert claims.waits_for([later], me, ours, now) == "ns/a"
+    assert claims.waits_for([older, stale, other_title, obj("m", "2026-11-26T11:59:58Z")],
                             me, ours, now) == ""
     # exactly one side of any pair waits, the other yields
-    assert decide.yields_to([older], me, ours, now) == "ns/b"
-    assert decide.yields_to([later], me, ours, now) == ""
+    assert claims.yields_to([older], me, ours, now) == "ns/b"
+    assert claims.yields_to([later], me, ours, now) == ""
 
 
 def test_logged_writes_and_quay_calls_are_each_events_own(env: Env) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from function import conditions, decide
-from function.model import DockerToken, Token
+from function import claims, conditions, decide
+from function.model import DockerToken, Status, Token
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 
@@ -58,14 +58,14 @@ def test_token_step(status: dict[str, Any], title: str, ret: bool, held: Token |
 @pytest.mark.parametrize(
     ("creation", "lease"),
     [
-        pytest.param(None, decide.Lease.NONE, id="none"),
-        pytest.param({"id": "a", "title": "t", "since": "2026-11-26T11:59:30Z"}, decide.Lease.FRESH, id="fresh"),
-        pytest.param({"id": "a", "title": "t", "since": "2026-11-26T11:50:00Z"}, decide.Lease.STALE, id="stale"),
-        pytest.param({"id": "a", "title": "t", "since": "garbage"}, decide.Lease.STALE, id="unparsable"),
+        pytest.param(None, claims.Lease.NONE, id="none"),
+        pytest.param({"id": "a", "title": "t", "since": "2026-11-26T11:59:30Z"}, claims.Lease.FRESH, id="fresh"),
+        pytest.param({"id": "a", "title": "t", "since": "2026-11-26T11:50:00Z"}, claims.Lease.STALE, id="stale"),
+        pytest.param({"id": "a", "title": "t", "since": "garbage"}, claims.Lease.STALE, id="unparsable"),
     ],
 )
-def test_lease_state(creation: dict[str, str] | None, lease: decide.Lease) -> None:
-    assert decide.lease_state(make_dt(status={"creation": creation}).status.creation, NOW) is lease
+def test_lease_state(creation: dict[str, str] | None, lease: claims.Lease) -> None:
+    assert claims.lease_state(make_dt(status={"creation": creation}).status.creation, NOW) is lease
 
 
 def _obj(uid: str, **status: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def _obj(uid: str, **status: Any) -> dict[str, Any]:
 
 def test_claimed_uuids_ignore_self_and_include_pending_revocations() -> None:
     objs = [_obj("me", uuid="mine"), _obj("o1", uuid="a", pendingRevocation=["b"]), _obj("o2")]
-    assert decide.claimed_uuids(objs, except_uid="me") == {"a", "b"}
+    assert claims.claimed_uuids(objs, except_uid="me") == {"a", "b"}
 
 
 def test_older_lease_wins_and_exactly_one_side_yields() -> None:
@@ -84,10 +84,10 @@ def test_older_lease_wins_and_exactly_one_side_yields() -> None:
     b = make_dt(status={"creation": b_lease}, title="t", uid="b")
     objs = [_obj("a", creation=a_lease), _obj("b", creation=b_lease)]
     assert a.status.creation is not None and b.status.creation is not None
-    assert decide.yields_to(objs, a, a.status.creation, NOW) == ""
-    assert decide.yields_to(objs, b, b.status.creation, NOW) == "ns/a"
+    assert claims.yields_to(objs, a, a.status.creation, NOW) == ""
+    assert claims.yields_to(objs, b, b.status.creation, NOW) == "ns/a"
     other_title = [_obj("a", creation={**a_lease, "title": "other"})]
-    assert decide.yields_to(other_title, b, b.status.creation, NOW) == ""
+    assert claims.yields_to(other_title, b, b.status.creation, NOW) == ""
 
 
 def test_adoption_takes_the_newest_unclaimed_unexpired_same_title_token() -> None:
@@ -98,17 +98,18 @@ def test_adoption_takes_the_newest_unclaimed_unexpired_same_title_token() -> Non
         Token("expired", "t", "Thu, 26 Nov 2026 11:40:00 -0000", "Thu, 26 Nov 2026 11:50:00 -0000", ""),
         Token("other", "x", "Thu, 26 Nov 2026 11:45:00 -0000", "", ""),
     ]
-    pick = decide.pick_adoptable(tokens, title="t", claimed={"claimed"}, now=NOW)
+    pick = claims.pick_adoptable(tokens, title="t", claimed={"claimed"}, now=NOW)
     assert pick is not None and pick.uuid == "new"
-    assert decide.pick_adoptable(tokens, title="none", claimed=set(), now=NOW) is None
-    assert decide.revocable(tokens, title="t", claimed={"claimed"}) == ["old", "new", "expired"]
+    assert claims.pick_adoptable(tokens, title="none", claimed=set(), now=NOW) is None
+    assert claims.revocable(tokens, title="t", claimed={"claimed"}) == ["old", "new", "expired"]
 
 
 def test_status_patch_is_empty_when_nothing_changes() -> None:
-    current = {"uuid": "u", "message": "", "conditions": [{"type": "Ready", "status": "True"}]}
-    assert decide.status_patch(current, dict(current)) == {}
-    assert decide.status_patch(current, {**current, "creation": None}) == {}
-    assert decide.status_patch(current, {**current, "message": "x", "uuid": None}) == {"message": "x", "uuid": None}
+    current = Status.from_object({"uuid": "u", "message": "", "conditions": [{"type": "Ready", "status": "True"}]})
+    assert Status.from_object({"uuid": "u", "message": "", "conditions": [{"type": "Ready", "status": "True"}]}
+                              ).merge_patch(current) == {}
+    assert current.with_(creation=None).merge_patch(current) == {}
+    assert current.with_(message="x", uuid="").merge_patch(current) == {"message": "x", "uuid": None}
 
 
 def test_condition_transition_time_moves_only_when_status_changes() -> None:
@@ -126,12 +127,12 @@ def test_claim_view_keeps_what_the_claim_and_lease_rules_read() -> None:
     full = {"metadata": {"uid": "o1", "namespace": "ns", "name": "o1", "managedFields": [{"x": 1}]},
             "spec": {"name": "t"}, "status": {"uuid": "a", "pendingRevocation": ["b"], "creation": lease,
                                                "conditions": [{"type": "Ready"}]}}
-    view = decide.claim_view(full)
+    view = claims.claim_view(full)
     assert "managedFields" not in view["metadata"] and "conditions" not in view["status"]
-    assert decide.claimed_uuids([view], except_uid="me") == decide.claimed_uuids([full], except_uid="me") == {"a", "b"}
+    assert claims.claimed_uuids([view], except_uid="me") == claims.claimed_uuids([full], except_uid="me") == {"a", "b"}
     me = make_dt(status={"creation": {**lease, "since": "2026-11-26T11:59:55Z"}}, title="t", uid="me")
     assert me.status.creation is not None
-    assert decide.yields_to([view], me, me.status.creation, NOW) == decide.yields_to([full], me, me.status.creation, NOW) == "ns/o1"
+    assert claims.yields_to([view], me, me.status.creation, NOW) == claims.yields_to([full], me, me.status.creation, NOW) == "ns/o1"
 
 
 def test_a_renew_before_the_schema_would_refuse_is_a_failure_naming_the_field() -> None:

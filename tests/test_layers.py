@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[1] / "function"
 LAYERS = [
     {"errors", "logs"},
     {"model", "conditions"},
-    {"connection", "renewal", "template", "kevents", "events"},
-    {"pullsecret"},
+    {"connection", "renewal", "template", "kevents", "events", "result"},
+    {"pullsecret", "claims"},
     {"decide"},
-    {"cache", "kube", "quay"},
+    {"cache", "kube", "quay", "creation"},
     {"observe", "apply"},
     {"reconcile", "resync"},
     {"main"},

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from function import decide
+from function import renewal
 from tests import harness
 from tests.controlplane import ControlPlane
 from tests.env import Env, dockerconfig, wait_for
@@ -37,7 +37,7 @@ def lenv(control_plane: ControlPlane, namespace: str, quay: QuaySimulator,
 
 
 def _when(value: str) -> datetime.datetime:
-    parsed = decide.parse_time(value)
+    parsed = renewal.parse_time(value)
     assert parsed is not None, value
     return parsed
 

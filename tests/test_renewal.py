@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from function.decide import rfc3339
 from function.errors import ConfigError
 from function.renewal import (
     MAX_RENEW_BEFORE,
@@ -21,6 +20,7 @@ from function.renewal import (
     plan_renewal,
     renewal_time,
     resync_window_problem,
+    rfc3339,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

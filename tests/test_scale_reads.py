@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from function import decide
+from function import claims
 from tests.env import Env, G, P, V
 
 
@@ -21,7 +21,7 @@ def _bulk(env: Env, count: int, start: int) -> None:
         title = f"crowd-{i}"
         env.custom.create_namespaced_custom_object(G, V, env.ns, P, {
             "apiVersion": f"{G}/{V}", "kind": "DockerToken",
-            "metadata": {"name": title, "labels": {decide.claim_label(env.quay.host, title): "true"}},
+            "metadata": {"name": title, "labels": {claims.claim_label(env.quay.host, title): "true"}},
             "spec": {"connSecretRef": {"name": "quay-credentials"}, "name": title,
                      "preserveInQuayOnDeletion": True}})
 
