@@ -43,13 +43,29 @@ class FunctionProcess:
     """functions-framework serving function/main.py:handle on a free loopback port."""
 
     def __init__(self, kubeconfig: Path, *, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, movable_clock: bool = False) -> None:
+        """``movable_clock``: serve tests/clock_function.py, whose clock ``advance`` moves."""
         self.kubeconfig = kubeconfig
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.log_path = Path(tempfile.mkstemp(prefix="qdt-function-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.source = ROOT / ("tests/clock_function.py" if movable_clock else "function/main.py")
+        self.skew_path: Path | None = None
+        if movable_clock:
+            self.skew_path = Path(tempfile.mkstemp(prefix="qdt-clock-", suffix=".txt")[1])
+            self.skew_path.write_text("0")
+            self.extra_env["QDT_TEST_CLOCK_SKEW"] = str(self.skew_path)
+
+    def advance(self, seconds: float) -> None:
+        """Move the function's clock ``seconds`` forward (a movable_clock process only)."""
+        assert self.skew_path is not None, "start the process with movable_clock=True"
+        self.skew_path.write_text(str(float(self.skew_path.read_text() or 0) + seconds))
+
+    def reset_clock(self) -> None:
+        if self.skew_path is not None:
+            self.skew_path.write_text("0")
 
     def start(self, timeout: float = 30) -> FunctionProcess:
         env = {
@@ -60,7 +76,7 @@ class FunctionProcess:
             **self.extra_env,
         }
         ff = Path(sys.executable).with_name("functions-framework")
-        argv = [str(ff), "--source", str(ROOT / "function" / "main.py"), "--target", "handle",
+        argv = [str(ff), "--source", str(self.source), "--target", "handle",
                 "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

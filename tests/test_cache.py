@@ -3,10 +3,8 @@ events (single flight), dropped on invalidation. The clock is injected; no test 
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import pytest
 
@@ -119,26 +117,34 @@ def test_a_failed_list_is_not_remembered() -> None:
 
 # -- single flight ------------------------------------------------------------------------------
 
-def _in_get(thread: threading.Thread) -> bool:
-    """True while ``thread`` is executing TokenListCache.get (waiting in it, or in a fetch it called)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code is TokenListCache.get.__code__:
-            return True
-        frame = frame.f_back
-    return False
+class CountingLock:
+    """The per-connection lock of a cache, counting the threads that have reached it: the proof
+    that a latecomer waits inside ``get`` comes from the lock, not from timing."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition()
+        self.arrivals = 0
 
-def _until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.001)
+    def __enter__(self) -> None:
+        with self._arrived:
+            self.arrivals += 1
+            self._arrived.notify_all()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def wait_for(self, arrivals: int) -> bool:
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.arrivals >= arrivals, WAIT)
 
 
 def test_concurrent_gets_for_one_connection_share_one_list_call() -> None:
     quay = Quay("a", "b")
     cache = TokenListCache(ttl=60, clock=Clock())
+    lock = CountingLock()
+    cache._key_locks["conn"] = lock  # type: ignore[assignment]
     entered, release = threading.Event(), threading.Event()
 
     def blocking_fetch() -> list[Listed]:
@@ -157,7 +163,7 @@ def test_concurrent_gets_for_one_connection_share_one_list_call() -> None:
         thread.start()
     # Proof of the interleaving: every latecomer is inside get before the first list returns
     # (without single flight each would be in a fetch of its own, and Quay would count ten calls).
-    _until(lambda: all(_in_get(t) for t in others), "all nine wait inside get")
+    assert lock.wait_for(10), f"only {lock.arrivals} of 10 reached the connection's lock"
     assert quay.calls == 0 and not results
     release.set()
     for thread in (first, *others):

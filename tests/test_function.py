@@ -4,7 +4,6 @@ server, and the Quay simulator. Each test asserts what a user would see."""
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
 import httpx
@@ -315,13 +314,14 @@ def test_expired_token_is_replaced(control_plane: Any, namespace: str, function_
 
     with QuaySimulator(token_expiration=2) as sim:
         env = Env(control_plane, namespace, sim, function_proc)
+        sim.advance(-10)  # Quay issues tokens as of 10 s ago: expired by the time an event comes
         env.conn_secret()
         env.dockertoken()
         env.send("add")
         first = env.secret_data()
         assert first["expiration"] != ""
         assert env.get()["status"]["expiration"] == first["expiration"]  # type: ignore[index]
-        time.sleep(2.5)
+        sim.advance(1)  # the replacement is issued a second later
         assert env.send("update").status_code == 204  # any event sees the date has passed
         data = env.secret_data()
         assert data["uuid"] != first["uuid"] and data["expiration"] != first["expiration"]

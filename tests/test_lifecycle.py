@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from function import renewal
 from tests import harness
 from tests.controlplane import ControlPlane
-from tests.env import Env, dockerconfig, wait_for
+from tests.env import Env, dockerconfig
 from tests.quaysim import QuaySimulator
 
 GRACE = 3  # seconds: ROTATION_GRACE_SECONDS of this module's function process
@@ -24,8 +23,8 @@ GRACE = 3  # seconds: ROTATION_GRACE_SECONDS of this module's function process
 
 @pytest.fixture(scope="module")
 def lifecycle_fn(control_plane: ControlPlane) -> Iterator[harness.FunctionProcess]:
-    """The function with a short rotation grace (the default 2 minutes would make a slow test)."""
-    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"],
+    """The function with a short rotation grace, and a clock the tests move (no test waits)."""
+    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"], movable_clock=True,
                                  env={"ROTATION_GRACE_SECONDS": str(GRACE), "RESYNC_PERIOD": "10m"}) as fn:
         yield fn
 
@@ -33,7 +32,14 @@ def lifecycle_fn(control_plane: ControlPlane) -> Iterator[harness.FunctionProces
 @pytest.fixture
 def lenv(control_plane: ControlPlane, namespace: str, quay: QuaySimulator,
          lifecycle_fn: harness.FunctionProcess) -> Env:
+    lifecycle_fn.reset_clock()
     return Env(control_plane, namespace, quay, lifecycle_fn)
+
+
+def _pass_time(env: Env, seconds: float) -> None:
+    """Time passes for the function and for Quay alike (both clocks move; nobody waits)."""
+    env.fn.advance(seconds)
+    env.quay.advance(seconds)
 
 
 def _when(value: str) -> datetime.datetime:
@@ -68,11 +74,10 @@ def test_a_token_is_rotated_before_it_expires_and_the_old_one_revoked_after_the_
     assert lenv.resync().status_code == 204
     assert lenv.quay_calls("create") == 1 and lenv.secret_data()["uuid"] == first["uuid"]
 
-    wait_for(lambda: datetime.datetime.now(datetime.UTC) >= _when(status["renewalTime"]),
-             timeout=15, what="the renewal time")
+    _pass_time(lenv, (_when(status["renewalTime"]) - datetime.datetime.now(datetime.UTC)).total_seconds() + 1)
     assert lenv.resync().status_code == 204
     second = lenv.secret_data()
-    assert second["uuid"] != first["uuid"] and datetime.datetime.now(datetime.UTC) < expires
+    assert second["uuid"] != first["uuid"] and _when(second["created"]) < expires
     assert lenv.quay_calls("create") == 2
     status = lenv.get()["status"]  # type: ignore[index]
     assert status["pendingRevocation"] == [first["uuid"]]  # in-flight pulls keep working
@@ -82,7 +87,7 @@ def test_a_token_is_rotated_before_it_expires_and_the_old_one_revoked_after_the_
     # the echo of that write changes nothing; after the grace, the next resync revokes the old one
     calls = lenv.quay_calls()
     assert lenv.send("update").status_code == 204 and lenv.quay_calls() == calls
-    time.sleep(GRACE)
+    _pass_time(lenv, GRACE)
     assert lenv.resync().status_code == 204
     assert [t["uuid"] for t in lenv.tokens()] == [second["uuid"]]
     assert "pendingRevocation" not in lenv.get()["status"]  # type: ignore[index]

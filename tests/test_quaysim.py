@@ -578,7 +578,7 @@ def test_stop_does_not_wait_for_hanging_or_idle_connections() -> None:
     idle = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=5)
     idle.request("GET", "/")
     idle.getresponse().read()
-    sim.inject("list", hang=30)
+    sim.inject("list", hang=30, hold=True)  # held until stop, then hanging
 
     def wait_for_an_answer() -> None:
         with contextlib.suppress(httpx.HTTPError):
@@ -587,7 +587,7 @@ def test_stop_does_not_wait_for_hanging_or_idle_connections() -> None:
 
     hanging = threading.Thread(target=wait_for_an_answer, daemon=True)
     hanging.start()
-    time.sleep(0.2)
+    sim.wait_held("list")  # the request is inside the simulator
     started = time.monotonic()
     sim.stop()
     assert time.monotonic() - started < 2
