@@ -21,7 +21,7 @@ from function.model import FINALIZER, RECONCILE_REQUEST
 from function.model import GROUP as G
 from function.model import PLURAL as P
 from function.model import VERSION as V
-from tests import harness
+from tests import harness, waiting
 from tests.controlplane import ControlPlane
 from tests.quaysim import ADMIN_TOKEN, QuaySimulator
 
@@ -161,7 +161,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "conditi
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        waiting.pause(0.1)
 
 
 def dockerconfig(data: dict[str, str]) -> dict[str, Any]:

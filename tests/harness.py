@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from function.model import API_VERSION
+from tests import waiting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,7 @@ class FunctionProcess:
                     return self
             except httpx.TransportError:
                 pass
-            time.sleep(0.05)
+            waiting.pause(0.05)
         raise RuntimeError(f"function not healthy after {timeout} s:\n{self.logs()}")
 
     def stop(self) -> None:
@@ -175,6 +176,6 @@ def deliver(url: str, event: tuple[dict[str, str], bytes], *, attempts: int = 6)
         resp = post(url, event)
         if resp.status_code not in (404, 413, 425, 429, 502, 503, 504) or attempt == attempts - 1:
             return resp
-        time.sleep(delay)
+        time.sleep(delay)  # simulated: ApiServerSource's own backoff between deliveries
         delay *= 2
     raise AssertionError("unreachable")

@@ -29,6 +29,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests import waiting
 from tests.controlplane import TENANTS, ControlPlane
 
 G, V, P = "quay.herve4m.github.io", "v1alpha1", "dockertokens"
@@ -133,7 +134,7 @@ def _wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> No
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"not after {timeout} s: {what}")
-        time.sleep(0.1)
+        waiting.pause(0.1)
 
 
 _policy_enforced = False

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests import waiting
 from tests.adapter_proc import running_adapter
 from tests.controlplane import ControlPlane, free_port
 from tests.env import Env, wait_for
@@ -168,7 +169,7 @@ def _settle(env: Env) -> int:
             seen, quiet_since = count, time.monotonic()
         elif env.ready() and time.monotonic() - quiet_since >= QUIET:
             return count
-        time.sleep(0.1)
+        waiting.pause(0.1)
     raise AssertionError(f"{env.ns}: still receiving events after {SETTLE_MAX} s: "
                          f"{[(d['event'], d['outcome']) for d in _deliveries(env.fn, env.ns)][-10:]}")
 
@@ -184,7 +185,7 @@ def test_every_outcome_falls_silent_after_its_own_echo(control_plane: ControlPla
         settled = {m.name: _settle(envs[m.name]) for m in MODES}
         before = {m.name: (len(_deliveries(function_proc, envs[m.name].ns)), envs[m.name].quay_calls())
                   for m in MODES}
-        time.sleep(WINDOW)
+        time.sleep(WINDOW)  # an observation window: what may happen in it is measured, nothing awaited
         rows = []
         for mode in MODES:
             env = envs[mode.name]
@@ -211,7 +212,7 @@ def _latency(env: Env, name: str) -> float:
     while env.secret(f"{name}-pull") is None:
         if time.monotonic() - started > 30:
             raise AssertionError(f"{name}: no pull Secret after 30 s")
-        time.sleep(0.02)
+        waiting.pause(0.02)
     return time.monotonic() - started
 
 

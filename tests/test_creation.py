@@ -122,7 +122,7 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
+    def elapse(self, seconds: float) -> None:
         self.now += seconds
         self.slept += seconds
 
@@ -137,7 +137,7 @@ class World:
         self.creator = creation.Creator(
             api, quay, self.cache, CONN, act=self.actions.append,
             stored=lambda st, held: self.stored.append((st, held)), revoke=self._revoke,
-            clock=self.clock, sleep=self.clock.sleep, new_id=lambda: "lease-1")
+            clock=self.clock, sleep=self.clock.elapse, new_id=lambda: "lease-1")
 
     def _revoke(self, uuids: Iterable[str], action: str) -> None:
         for uid in uuids:
@@ -299,7 +299,7 @@ def test_the_older_waits_for_the_younger_and_sees_its_token_claimed() -> None:
     def younger_finishes(seconds: float) -> None:
         nonlocal polls
         polls += 1
-        Clock.sleep(w.clock, seconds)
+        Clock.elapse(w.clock, seconds)
         if polls == 2:  # b records the token it made meanwhile
             quay.tokens["theirs"] = Token("theirs", "mytoken", CREATED)
             api.objs["b"]["status"] = {"uuid": "theirs"}

@@ -31,6 +31,8 @@ from typing import Any, cast
 
 import yaml
 
+from tests import waiting
+
 ROOT = Path(__file__).resolve().parents[2]
 KNATIVE = ROOT / "knative" / "base"
 SA_NAMESPACE = "quay-system"
@@ -288,7 +290,7 @@ class ControlPlane:
                         return
             except Exception as exc:  # not up yet: keep polling until the deadline
                 last = str(exc)
-            time.sleep(0.25)
+            waiting.pause(0.25)
         raise ControlPlaneError(f"kube-apiserver not ready after {timeout} s ({last})\n{self.logs()}")
 
     def _write_kubeconfig(self, user: str, token: str) -> Path:
@@ -354,5 +356,5 @@ class ControlPlane:
             conds = {c.type: c.status for c in ((crd.status and crd.status.conditions) or [])}
             if conds.get("Established") == "True":
                 return
-            time.sleep(0.1)
+            waiting.pause(0.1)
         raise ControlPlaneError("DockerToken CRD not Established")

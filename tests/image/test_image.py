@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from tests import harness
+from tests import harness, waiting
 from tests.controlplane import ControlPlane
 from tests.env import Env, G, P, V, dockerconfig, wait_for
 
@@ -109,7 +109,7 @@ class ImageFunction(harness.FunctionProcess):
                     return self
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
+            waiting.pause(0.1)
         raise RuntimeError(f"container not healthy after {timeout} s:\n{self.logs()}")
 
     def stop(self) -> None:
