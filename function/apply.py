@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from function import creation, decide, kevents
+from function import creation, decide, kevents, steps
 from function.cache import TokenListCache
 from function.connection import Connection
 from function.errors import PermanentError, QuayError, QuayNotFound, Restart, TemporaryError
@@ -84,7 +84,7 @@ class Pass:
     """One pass's I/O; counts its own writes and Quay calls (the log's per-event figures)."""
 
     def __init__(self, kube: Kube, quay_factory: QuayFactory, cache: TokenListCache,
-                 observed: decide.Observed, plan: decide.Plan, *, reporting_instance: str) -> None:
+                 observed: decide.Observed, plan: steps.Plan, *, reporting_instance: str) -> None:
         self.kube, self.ob, self.plan = kube, observed, plan
         self.dt: DockerToken = observed.dt        # its resourceVersion moves with our metadata write
         self.stored: Status = observed.dt.status  # status as the server has it
@@ -108,7 +108,7 @@ class Pass:
     def close(self) -> Tally:
         return Tally(tuple(self.actions), self.quay.close(), self.kube.writes, self.creator.claims_read)
 
-    def _perform_all(self, steps: Iterable[decide.Step]) -> None:
+    def _perform_all(self, steps: Iterable[steps.Step]) -> None:
         for step in steps:
             try:
                 self._perform(step)
@@ -120,75 +120,75 @@ class Pass:
                 self._settle(settled)
                 return
 
-    def _settle(self, settlement: decide.Settlement) -> None:
+    def _settle(self, settlement: steps.Settlement) -> None:
         self.status, self.report = settlement.base, settlement.report
         self.events += settlement.events
         for step in settlement.steps:
             self._perform(step)
 
-    def _perform(self, step: decide.Step) -> None:
+    def _perform(self, step: steps.Step) -> None:
         kube, dt = self.kube, self.dt
         match step:
-            case decide.PatchMetadata():
+            case steps.PatchMetadata():
                 obj = kube.patch_metadata(dt.namespace, dt.name, dt.resource_version,
                                           finalizers=step.finalizers, labels=step.labels)
                 if not obj:
                     raise Restart
                 self.dt = DockerToken.from_object(obj)
-            case decide.ObtainToken():
+            case steps.ObtainToken():
                 return self._obtain(step)
-            case decide.WriteStatus():
+            case steps.WriteStatus():
                 return self._write_status(step.status)
-            case decide.CreateSecret():
+            case steps.CreateSecret():
                 if not kube.create_secret(dict(step.body)):
                     raise decide.namespace_missing(step.where)
-            case decide.ReplaceSecret():
+            case steps.ReplaceSecret():
                 kube.replace_secret(dict(step.body))
-            case decide.RecreateSecret():
+            case steps.RecreateSecret():
                 kube.delete_secret(step.where.namespace, step.where.name, uid=step.uid)
                 if not kube.create_secret(dict(step.body)):
                     raise decide.namespace_missing(step.where)
-            case decide.DeleteSecret():
+            case steps.DeleteSecret():
                 kube.delete_secret(step.where.namespace, step.where.name, uid=step.uid)
-            case decide.EditServiceAccount():
+            case steps.EditServiceAccount():
                 kube.patch_serviceaccount_pull_secrets(step.namespace, step.name,
                                                        list(step.pull_secrets), step.resource_version)
-            case decide.Revoke():
+            case steps.Revoke():
                 return self._revoke(step.uuids, step.action)
-            case decide.RevokeByTitle():
+            case steps.RevokeByTitle():
                 others = list(self.creator.same_title(dt))
                 return self._perform(decide.by_title(self.ob, step, others, self.quay.list_tokens()))
-            case decide.WaitForCreator():
+            case steps.WaitForCreator():
                 self.creator.wait_for_creator(dt)
-            case decide.RemoveFinalizer():
+            case steps.RemoveFinalizer():
                 kube.patch_metadata(dt.namespace, dt.name, dt.resource_version, finalizers=step.finalizers)
         self.actions.append(step.action)
 
-    def _obtain(self, step: decide.ObtainToken) -> None:
+    def _obtain(self, step: steps.ObtainToken) -> None:
         """Ask Quay what each token step asks, until the token is known; then settle."""
         work = step.first
-        while not isinstance(work, decide.Obtained):
+        while not isinstance(work, steps.Obtained):
             work = self._answer(work)
             self.status = work.status
         self._settle(decide.settle(self.ob, step.ensure, work))
 
-    def _answer(self, work: decide.TokenWork) -> decide.TokenWork:
+    def _answer(self, work: steps.TokenWork) -> steps.TokenWork:
         ob = self.ob
         match work:
-            case decide.Verify():
+            case steps.Verify():
                 return decide.verified(ob, work, self.creator.tokens(wave=work.wave).get(work.uuid))
-            case decide.Fetch():
+            case steps.Fetch():
                 return decide.fetched(ob, work, self._fetch(work.uuid))
-            case decide.Acquire():
+            case steps.Acquire():
                 made = self.creator.acquire(self.dt, work, ob.now)
                 return decide.acquired(work, made.token, adopted=made.adopted, status=made.status)
-            case decide.CheckRegistry():
+            case steps.CheckRegistry():
                 try:
                     return decide.challenged(ob, work, self.quay.registry_challenge())
                 # the token is made and recorded: a check that cannot be made is reported
                 except QuayError as exc:
                     return decide.unchecked(ob, work, exc)
-            case decide.CheckCredential():
+            case steps.CheckCredential():
                 try:
                     check = self.quay.check_credential(work.realm, work.service, work.token.code)
                 # as above

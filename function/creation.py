@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from function import claims, conditions, decide, result
+from function import claims, conditions, decide, result, steps
 from function.claims import Lease
 from function.connection import Connection
 from function.errors import (
@@ -149,7 +149,7 @@ class Creator:
             conditions.CREATION_IN_PROGRESS)
 
     # -- the protocol --------------------------------------------------------------------------------
-    def acquire(self, dt: DockerToken, step: decide.Acquire, now: datetime.datetime) -> Created:
+    def acquire(self, dt: DockerToken, step: steps.Acquire, now: datetime.datetime) -> Created:
         """Adopt an unclaimed token titled ``step.title``, else create one; record it at once."""
         known = self.tokens(fresh=dt.status.retry is not None)
         dt = self._take_lease(dt, now)

@@ -1,10 +1,11 @@
 """The whole decision of a reconcile pass, as pure functions: no I/O, no clock, no CloudEvent.
 
 ``reconcile.py`` runs observe (``observe.py``) -> :func:`plan` -> apply (``apply.py``). The plan
-is a value: typed steps in order (each says what to write or ask, and the action it logs), the
-status to write, the Events to record and the report. ``apply.py`` performs the steps and
-chooses nothing. Where the decision needs an answer from outside, the step names the question
-and a continuation here takes the answer and returns the next step (as h11 takes bytes)::
+is a value (``steps.py``): typed steps in order (each says what to write or ask, and the action
+it logs), the status to write, the Events to record and the report. ``apply.py`` performs the
+steps and chooses nothing. Where the decision needs an answer from outside, the step names the
+question and a continuation here takes the answer and returns the next step (as h11 takes
+bytes)::
 
     Verify          --the listed token-->       verified()           -> Obtained | Fetch
     Fetch           --the token, or gone-->     fetched()            -> Obtained | Acquire
@@ -29,7 +30,7 @@ import enum
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from function import claims, conditions, pullsecret, renewal, result, template
 from function.claims import Lease
@@ -39,6 +40,32 @@ from function.kevents import NORMAL, WARNING, Transition
 from function.model import FINALIZER, Creation, DockerToken, Ref, Retry, Status, Token
 from function.renewal import is_expired, parse_time, rfc3339
 from function.result import Failure, Report
+from function.steps import (
+    Acquire,
+    Challenge,
+    CheckCredential,
+    CheckRegistry,
+    CreateSecret,
+    DeleteSecret,
+    EditServiceAccount,
+    Ensure,
+    Fetch,
+    Obtained,
+    ObtainToken,
+    PatchMetadata,
+    Plan,
+    RecreateSecret,
+    RemoveFinalizer,
+    ReplaceSecret,
+    Revoke,
+    RevokeByTitle,
+    Settlement,
+    Step,
+    TokenWork,
+    Verify,
+    WaitForCreator,
+    WriteStatus,
+)
 
 # Failure retry schedule: the first retry is due 5 minutes after the failure (so the next
 # resync of the default 10-minute schedule makes it), then 10, 20, 40 min ... up to 6 hours.
@@ -50,9 +77,6 @@ RETRY_SLACK = datetime.timedelta(minutes=1)
 # CronJob's schedule, and how long a rotated-out token keeps working (image pulls in flight).
 RESYNC_PERIOD = datetime.timedelta(minutes=10)
 ROTATION_GRACE = datetime.timedelta(seconds=120)
-
-
-READY = Report("ready")
 
 
 class TokenStep(enum.StrEnum):
@@ -84,198 +108,6 @@ class Observed:
     service_accounts: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     resync_period: datetime.timedelta = RESYNC_PERIOD
     rotation_grace: datetime.timedelta = ROTATION_GRACE
-
-
-# -- steps: what apply.py performs, each logging its action --------------------------------------
-@dataclass(frozen=True)
-class PatchMetadata:
-    """Our finalizer before anything is made in Quay, and the claim labels (one write)."""
-
-    finalizers: tuple[str, ...] | None
-    labels: Mapping[str, str | None] | None  # claim labels to add ("true") or drop (None)
-    action: str
-
-
-@dataclass(frozen=True)
-class WriteStatus:
-    status: Status  # written as a merge patch of what differs from the stored status
-
-
-@dataclass(frozen=True)
-class CreateSecret:
-    where: Ref
-    body: Mapping[str, Any]
-    action: str = "create-secret"
-
-
-@dataclass(frozen=True)
-class ReplaceSecret:
-    body: Mapping[str, Any]  # carries the resourceVersion read: a concurrent edit gets 409
-    action: str = "update-secret"
-
-
-@dataclass(frozen=True)
-class RecreateSecret:
-    """A Secret's type is immutable: delete exactly that object (by uid), create it anew."""
-
-    where: Ref
-    uid: str
-    body: Mapping[str, Any]
-    action: str = "update-secret"
-
-
-@dataclass(frozen=True)
-class DeleteSecret:
-    where: Ref
-    uid: str  # only that exact object, never a same-named newcomer
-    action: str = "delete-secret"
-
-
-@dataclass(frozen=True)
-class EditServiceAccount:
-    """A ServiceAccount's new imagePullSecrets (a merge patch guarded by its resourceVersion)."""
-
-    namespace: str
-    name: str
-    pull_secrets: tuple[Mapping[str, Any], ...]
-    resource_version: str
-    action: str  # attach-to-serviceaccount | detach-from-serviceaccount
-
-
-@dataclass(frozen=True)
-class Revoke:
-    uuids: tuple[str, ...]  # one already gone counts as revoked
-    action: str
-
-
-@dataclass(frozen=True)
-class RevokeByTitle:
-    """Deletion of an object with no UUID: also every unclaimed token titled ``title``."""
-
-    title: str
-    also: tuple[str, ...]  # revoked with them
-
-
-@dataclass(frozen=True)
-class WaitForCreator:
-    """A delivery is POSTing this object's token: let it record the UUID (then restart)."""
-
-
-@dataclass(frozen=True)
-class RemoveFinalizer:
-    finalizers: tuple[str, ...]  # those left: every other controller's
-    action: str = "remove-finalizer"
-
-
-# -- the token's walk: one question each, answered by a continuation ------------------------------
-@dataclass(frozen=True)
-class Verify:
-    uuid: str
-    held: Token | None
-    wave: str
-    status: Status
-
-
-@dataclass(frozen=True)
-class Fetch:
-    uuid: str
-    status: Status
-
-
-@dataclass(frozen=True)
-class Acquire:
-    """Adopt an unclaimed token titled ``title``, else create one (``creation.py``)."""
-
-    title: str
-    rotation: bool
-    revoke_old: bool    # the recorded token goes to pendingRevocation
-    grace_until: str    # a rotation's old token keeps working until then
-    why: str            # replacing a recorded token: the Ready message
-    status: Status
-
-
-@dataclass(frozen=True)
-class CheckRegistry:
-    token: Token
-    how: str  # created | adopted | rotated
-    why: str
-    status: Status
-
-
-@dataclass(frozen=True)
-class CheckCredential:
-    realm: str
-    service: str | None
-    token: Token
-    how: str
-    why: str
-    status: Status
-
-
-@dataclass(frozen=True)
-class Obtained:
-    token: Token | None  # None: no return Secret, nothing to hold
-    how: str             # kept | fetched | created | adopted | rotated
-    why: str
-    status: Status
-
-
-TokenWork = Verify | Fetch | Acquire | CheckRegistry | CheckCredential | Obtained
-
-
-@dataclass(frozen=True)
-class Ensure:
-    """What settle() needs of the plan besides the token."""
-
-    held: Token | None                     # the token the return Secret holds, when usable
-    write_secret: Ref | None
-    deletes: tuple[DeleteSecret, ...]      # ours, no longer wanted (moved)
-    sa_edits: tuple[EditServiceAccount, ...]
-    attached: tuple[str, ...]              # status.serviceAccounts once sa_edits are done
-
-
-@dataclass(frozen=True)
-class ObtainToken:
-    first: TokenWork
-    ensure: Ensure
-
-
-Step = (PatchMetadata | WriteStatus | CreateSecret | ReplaceSecret | RecreateSecret | DeleteSecret
-        | EditServiceAccount | Revoke | RevokeByTitle | WaitForCreator | RemoveFinalizer | ObtainToken)
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """Steps that end a pass, the status they reach, the Events and the report."""
-
-    steps: tuple[Step, ...]
-    status: Status
-    events: tuple[Transition, ...]
-    report: Report
-    base: Status  # what a failure among the steps builds on
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a pass does, in order; ``apply.py`` carries it out."""
-
-    steps: tuple[Step, ...] = ()
-    status: Status | None = None          # the status the steps write, when known without Quay
-    events: tuple[Transition, ...] = ()
-    report: Report = READY
-    failure: Failure | None = None        # recorded instead of acting
-    recordable: bool = False              # a refusal among the steps is recorded (on_error)
-    cleanup: bool = False                 # a deletion pass
-    inputs: str = ""                      # digest recorded with a failure
-
-
-class Challenge(Protocol):
-    """The registry's Bearer challenge (``quay.RegistryChallenge``)."""
-
-    @property
-    def realm(self) -> str: ...
-    @property
-    def service(self) -> str | None: ...
 
 
 # -- plan ------------------------------------------------------------------------------------------

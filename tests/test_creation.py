@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from function import claims, conditions, creation, decide
+from function import claims, conditions, creation, steps
 from function.cache import TokenListCache
 from function.errors import QuayAuthError, QuayNotFound, QuayTransient, Restart, TemporaryError
 from function.kube import Conflict
@@ -148,7 +148,7 @@ class World:
     def acquire(self, name: str = "dt", *, rotation: bool = False) -> creation.Created:
         obj = self.api.objs[name]
         dt = DockerToken.from_object(obj)
-        step = decide.Acquire(dt.title, rotation=rotation, revoke_old=True,
+        step = steps.Acquire(dt.title, rotation=rotation, revoke_old=True,
                               grace_until=at(2) if rotation else "", why="", status=dt.status)
         return self.creator.acquire(dt, step, NOW)
 

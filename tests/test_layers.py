@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "logs"},
     {"model", "conditions"},
     {"connection", "renewal", "template", "kevents", "events", "result"},
-    {"pullsecret", "claims"},
+    {"pullsecret", "claims", "steps"},
     {"decide"},
     {"cache", "kube", "quay", "creation"},
     {"observe", "apply"},

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from function import conditions, decide, pullsecret
+from function import conditions, decide, pullsecret, steps
 from function.errors import (
     ConfigError,
     KubeTransient,
@@ -52,11 +52,11 @@ def edited(**meta: Any) -> dict[str, Any]:
     return body
 
 
-def summary(plan: decide.Plan) -> dict[str, Any]:
+def summary(plan: steps.Plan) -> dict[str, Any]:
     """What a row checks: the steps (by kind and action), the token's first question, the report."""
-    steps = [f"{type(s).__name__}:{getattr(s, 'action', '')}".rstrip(":") for s in plan.steps]
-    first = next((s.first for s in plan.steps if isinstance(s, decide.ObtainToken)), None)
-    return {"steps": steps, "token": type(first).__name__ if first else "", "result": plan.report.result,
+    kinds = [f"{type(s).__name__}:{getattr(s, 'action', '')}".rstrip(":") for s in plan.steps]
+    first = next((s.first for s in plan.steps if isinstance(s, steps.ObtainToken)), None)
+    return {"steps": kinds, "token": type(first).__name__ if first else "", "result": plan.report.result,
             "reason": plan.report.reason}
 
 
@@ -208,7 +208,7 @@ def test_the_reconcile_request_annotation_resets_the_backoff() -> None:
 
 def test_new_object_acquires_with_the_old_token_revoked_after() -> None:
     first = decide.plan(observed(dockertoken(finalizer=False))).steps[-1]
-    assert isinstance(first, decide.ObtainToken) and first.first == decide.Acquire(
+    assert isinstance(first, steps.ObtainToken) and first.first == steps.Acquire(
         "mytoken", rotation=False, revoke_old=True, grace_until="", why="", status=Status())
 
 
@@ -221,7 +221,7 @@ def test_new_object_acquires_with_the_old_token_revoked_after() -> None:
 ])
 def test_replacements_say_why(obj: dict[str, Any], why: str, rotation: bool, grace: str) -> None:
     step = decide.plan(observed(obj, ret_secret=secret())).steps[-1]
-    assert isinstance(step, decide.ObtainToken) and isinstance(step.first, decide.Acquire)
+    assert isinstance(step, steps.ObtainToken) and isinstance(step.first, steps.Acquire)
     assert (step.first.why, step.first.rotation, step.first.grace_until) == (why, rotation, grace)
 
 
@@ -231,42 +231,42 @@ def test_deletion_with_a_token_revokes_uuid_and_pending_then_detaches() -> None:
     ob = observed(obj, ret_secret=secret(), service_accounts={"builder": {
         "metadata": {"resourceVersion": "3"}, "imagePullSecrets": [{"name": "mirror"}, {"name": PULL}]}})
     revoke, detach, delete, remove = decide.plan(ob).steps
-    assert revoke == decide.Revoke(("u1", "u0"), "revoke-token")
-    assert detach == decide.EditServiceAccount("ns", "builder", ({"name": "mirror"},), "3",
+    assert revoke == steps.Revoke(("u1", "u0"), "revoke-token")
+    assert detach == steps.EditServiceAccount("ns", "builder", ({"name": "mirror"},), "3",
                                                "detach-from-serviceaccount")
-    assert delete == decide.DeleteSecret(Ref("ns", PULL), "secret-uid")
-    assert remove == decide.RemoveFinalizer(())
+    assert delete == steps.DeleteSecret(Ref("ns", PULL), "secret-uid")
+    assert remove == steps.RemoveFinalizer(())
 
 
 # -- continuations: one row per answer ----------------------------------------------------------
-VERIFY = decide.Verify("u1", TOKEN, "w", Status(uuid="u1"))
+VERIFY = steps.Verify("u1", TOKEN, "w", Status(uuid="u1"))
 LISTED = Token("u1", "mytoken", CREATED, LATER, "Thu, 26 Nov 2026 11:59:00 -0000")
 
 
 @pytest.mark.parametrize(("listed", "expected"), [
-    pytest.param(LISTED, decide.Obtained(Token("u1", "mytoken", CREATED, LATER, LISTED.last_accessed, "CODE1"),
+    pytest.param(LISTED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, LISTED.last_accessed, "CODE1"),
                                          "kept", "", VERIFY.status), id="listed-keeps-with-quays-dates"),
-    pytest.param(None, decide.Fetch("u1", VERIFY.status), id="missing-is-confirmed-with-a-get"),
-    pytest.param(Token("u1", "mytoken", CREATED, EARLIER), decide.Fetch("u1", VERIFY.status),
+    pytest.param(None, steps.Fetch("u1", VERIFY.status), id="missing-is-confirmed-with-a-get"),
+    pytest.param(Token("u1", "mytoken", CREATED, EARLIER), steps.Fetch("u1", VERIFY.status),
                  id="expired-in-the-list-is-confirmed"),
 ])
-def test_verified(listed: Token | None, expected: decide.TokenWork) -> None:
+def test_verified(listed: Token | None, expected: steps.TokenWork) -> None:
     assert decide.verified(observed(), VERIFY, listed) == expected
 
 
 def test_fetched() -> None:
-    fetch = decide.Fetch("u1", Status(uuid="u1"))
-    assert decide.fetched(observed(), fetch, TOKEN) == decide.Obtained(TOKEN, "fetched", "", fetch.status)
+    fetch = steps.Fetch("u1", Status(uuid="u1"))
+    assert decide.fetched(observed(), fetch, TOKEN) == steps.Obtained(TOKEN, "fetched", "", fetch.status)
     gone = decide.fetched(observed(), fetch, None)
-    assert gone == decide.Acquire("mytoken", rotation=False, revoke_old=False, grace_until="", why=(
+    assert gone == steps.Acquire("mytoken", rotation=False, revoke_old=False, grace_until="", why=(
         "token u1 no longer exists in Quay (revoked or expired); created a replacement"), status=fetch.status)
 
 
 @pytest.mark.parametrize(("rotation", "adopted", "how"), [
     (False, False, "created"), (False, True, "adopted"), (True, False, "rotated"), (True, True, "rotated")])
 def test_acquired(rotation: bool, adopted: bool, how: str) -> None:
-    step = decide.Acquire("mytoken", rotation, True, "", "", Status())
-    assert decide.acquired(step, TOKEN, adopted=adopted, status=Status(uuid="u1")) == decide.CheckRegistry(
+    step = steps.Acquire("mytoken", rotation, True, "", "", Status())
+    assert decide.acquired(step, TOKEN, adopted=adopted, status=Status(uuid="u1")) == steps.CheckRegistry(
         TOKEN, how, "", Status(uuid="u1"))
 
 
@@ -275,40 +275,40 @@ class _Challenge:
         self.realm, self.service = realm, service
 
 
-def _verified(work: decide.TokenWork) -> dict[str, Any]:
-    assert isinstance(work, decide.Obtained)
+def _verified(work: steps.TokenWork) -> dict[str, Any]:
+    assert isinstance(work, steps.Obtained)
     cond = Status(conditions=work.status.conditions).condition(conditions.CREDENTIAL_VERIFIED) or {}
     return {"status": cond.get("status"), "reason": cond.get("reason")}
 
 
-CHECK = decide.CheckRegistry(TOKEN, "created", "", Status(uuid="u1"))
+CHECK = steps.CheckRegistry(TOKEN, "created", "", Status(uuid="u1"))
 
 
 def test_registry_answers() -> None:
     ob = observed()
     assert _verified(decide.challenged(ob, CHECK, None)) == {"status": "Unknown", "reason": "NoRegistryChallenge"}
     same = decide.challenged(ob, CHECK, _Challenge("https://quay.example/v2/auth", CONN.registry))
-    assert isinstance(same, decide.CheckCredential) and same.status.registry == ""
+    assert isinstance(same, steps.CheckCredential) and same.status.registry == ""
     other = decide.challenged(ob, CHECK, _Challenge("https://quay.example/v2/auth", "registry.example"))
-    assert isinstance(other, decide.CheckCredential) and other.status.registry == "registry.example"
+    assert isinstance(other, steps.CheckCredential) and other.status.registry == "registry.example"
     assert _verified(decide.credential_checked(ob, other, True, "ok")) == {"status": "True",
                                                                           "reason": "RegistryAccepted"}
     assert _verified(decide.credential_checked(ob, other, False, "401")) == {"status": "False",
                                                                             "reason": "RegistryRefused"}
     failed = decide.unchecked(ob, other, QuayTransient("GET /v2/auth: 503"))
     assert _verified(failed) == {"status": "Unknown", "reason": "CheckFailed"}
-    assert isinstance(failed, decide.Obtained) and failed.status.registry == "registry.example"
+    assert isinstance(failed, steps.Obtained) and failed.status.registry == "registry.example"
 
 
 NEW = Token("u2", "mytoken", CREATED, code="CODE2")
 
 
 def _settle(how: str, *, ret_secret: dict[str, Any] | None = None, token: Token = NEW,
-            registry: str = "") -> decide.Settlement:
+            registry: str = "") -> steps.Settlement:
     """settle() of a settled object whose Secret needs its token again (``ret_secret``)."""
     ob = observed(dockertoken(settled()), ret_secret=ret_secret)
-    ensure = decide.Ensure(held=None, write_secret=Ref("ns", PULL), deletes=(), sa_edits=(), attached=())
-    return decide.settle(ob, ensure, decide.Obtained(token, how, "", ob.dt.status.with_(registry=registry)))
+    ensure = steps.Ensure(held=None, write_secret=Ref("ns", PULL), deletes=(), sa_edits=(), attached=())
+    return decide.settle(ob, ensure, steps.Obtained(token, how, "", ob.dt.status.with_(registry=registry)))
 
 
 @pytest.mark.parametrize(("how", "events"), [
@@ -323,7 +323,7 @@ def test_settle_records_the_transition(how: str, events: list[str]) -> None:
 def test_settle_restores_a_deleted_secret_naming_the_registry_too() -> None:
     done = _settle("fetched", token=TOKEN, registry="registry.example")
     create, _ = done.steps
-    assert isinstance(create, decide.CreateSecret)
+    assert isinstance(create, steps.CreateSecret)
     assert [e.reason for e in done.events] == ["SecretRestored"]
     auths = json.loads(pullsecret.decoded(create.body)[".dockerconfigjson"])["auths"]
     assert set(auths) == {"quay.example", "registry.example"}
@@ -333,21 +333,21 @@ def test_settle_recreates_a_secret_of_another_type() -> None:
     current = secret()
     current["type"] = "Opaque"
     recreate, _ = _settle("fetched", token=TOKEN, ret_secret=current).steps
-    assert isinstance(recreate, decide.RecreateSecret) and recreate.uid == "secret-uid"
+    assert isinstance(recreate, steps.RecreateSecret) and recreate.uid == "secret-uid"
 
 
 def test_settle_keeps_labels_others_added() -> None:
     current = edited(labels={"team": "blue"})
     replace, _ = _settle("fetched", token=TOKEN, ret_secret=current).steps
-    assert isinstance(replace, decide.ReplaceSecret)
+    assert isinstance(replace, steps.ReplaceSecret)
     assert replace.body["metadata"]["labels"]["team"] == "blue"
     assert replace.body["metadata"]["resourceVersion"] == "5"
 
 
 def test_a_replacement_says_why_until_the_next_change() -> None:
     ob = observed(dockertoken(settled()))
-    ensure = next(s.ensure for s in decide.plan(ob).steps if isinstance(s, decide.ObtainToken))
-    done = decide.settle(ob, ensure, decide.Obtained(TOKEN, "created", "token u0 expired", ob.dt.status))
+    ensure = next(s.ensure for s in decide.plan(ob).steps if isinstance(s, steps.ObtainToken))
+    done = decide.settle(ob, ensure, steps.Obtained(TOKEN, "created", "token u0 expired", ob.dt.status))
     assert done.report == Report("ready", "TokenReplaced", "token u0 expired")
     raw = {k: v for k, v in done.status.merge_patch(Status()).items() if v is not None}
     again = decide.plan(observed(dockertoken(raw), ret_secret=secret()))
@@ -389,15 +389,15 @@ def test_on_error_frees_our_lease_and_blocks_a_deletion() -> None:
     blocked = decide.on_error(observed(), gone, gone.steps[0], Status(), QuayAuthError("401"), lease_held=False)
     assert blocked is not None and blocked.report.result == "blocked"
     assert blocked.report.reason == "CleanupBlocked" and FINALIZER in blocked.report.message
-    meta = decide.PatchMetadata(None, {"a": "true"}, "set-claim-labels")
+    meta = steps.PatchMetadata(None, {"a": "true"}, "set-claim-labels")
     assert decide.on_error(observed(), plan, meta, Status(), PermanentError("422"), lease_held=False) is None
 
 
 def test_by_title_spares_tokens_others_track() -> None:
     others = [{"metadata": {"uid": "other"}, "status": {"uuid": "t2"}}]
     tokens = [Token("t1", "mytoken"), Token("t2", "mytoken"), Token("t3", "else")]
-    step = decide.RevokeByTitle("mytoken", ("p1",))
-    assert decide.by_title(observed(), step, others, tokens) == decide.Revoke(("p1", "t1"), "revoke-token")
+    step = steps.RevokeByTitle("mytoken", ("p1",))
+    assert decide.by_title(observed(), step, others, tokens) == steps.Revoke(("p1", "t1"), "revoke-token")
 
 
 def test_recorded_keeps_the_old_token_for_its_grace() -> None:
