@@ -26,7 +26,8 @@ from typing import Any
 
 import httpx
 
-from function.errors import Conflict, KubeTransient, PermanentError
+from function.errors import Conflict as Conflict  # re-exported: callers catch kube.Conflict
+from function.errors import KubeTransient, PermanentError
 from function.model import GROUP, PLURAL, VERSION
 
 # Connect quickly or call the API server unavailable; reads may take a while on a busy server.

@@ -65,7 +65,8 @@ def _connection(kube: Kube, dt: DockerToken) -> tuple[
     # e.g. 403: the same answer whether or not the Secret exists (authorization comes first)
     except PermanentError as exc:
         raise PermanentError(f"connSecretRef: cannot read Secret {ref}: {exc}; the function's "
-                             "ServiceAccount needs get on secrets there (knative/base/rbac.yaml)") from None
+                             "ServiceAccount needs get on secrets there (knative/base/rbac.yaml)"
+                             ).with_reason(conditions.SECRET_UNREADABLE) from None
     if ref.namespace != dt.namespace and (found is None or not _allows(found, dt.namespace)):
         return None, _denied_connection(dt, ref), "", "denied", None
     if found is None:

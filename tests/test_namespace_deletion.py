@@ -57,9 +57,10 @@ def _left(env: Env) -> tuple[list[str], list[str]]:
     return _names(dts), _names(env.core.list_namespaced_secret(env.ns).items)
 
 
-def _play_namespace_controller(env: Env, order: tuple[str, ...]) -> float:
-    """Delete the namespace as its controller does; seconds until nothing is left in it."""
-    started = time.monotonic()
+def _play_namespace_controller(env: Env, order: tuple[str, ...]) -> None:
+    """Mark the namespace Terminating and delete its objects in ``order``, as its controller
+    does (DeleteCollection per resource); the caller then waits, as the controller re-lists until
+    the namespace is empty, never touching a finalizer."""
     env.core.delete_namespace(env.ns)
     phase = env.core.read_namespace(env.ns).status.phase
     assert phase == "Terminating", phase
@@ -68,15 +69,25 @@ def _play_namespace_controller(env: Env, order: tuple[str, ...]) -> float:
             env.core.delete_collection_namespaced_secret(env.ns)
         else:
             env.custom.delete_collection_namespaced_custom_object(G, V, env.ns, P)
-    # the controller then re-lists and deletes again until the namespace is empty
-    wait_for(lambda: _left(env) == ([], []), timeout=DEADLINE,
-             what=f"namespace {env.ns} to empty; left: {_left(env)}")
+
+
+def _wait_left(env: Env, dockertokens: list[str], secrets: list[str]) -> float:
+    """Seconds until exactly these objects are left in the namespace (at most DEADLINE)."""
+    started = time.monotonic()
+
+    def left() -> bool:
+        return _left(env) == (dockertokens, secrets)
+
+    wait_for(left, timeout=DEADLINE, what=f"{env.ns} to hold only {dockertokens} {secrets}")
     return time.monotonic() - started
 
 
 def _settled_ready(env: Env, names: list[str]) -> None:
     for name in names:
-        wait_for(lambda n=name: env.ready(n).get("status") == "True", what=f"{env.ns}/{name} Ready")
+        def ready(name: str = name) -> bool:
+            return env.ready(name).get("status") == "True"
+
+        wait_for(ready, what=f"{env.ns}/{name} Ready")
 
 
 @pytest.mark.parametrize("order", [("secrets", "dockertokens"), ("dockertokens", "secrets")],
@@ -106,16 +117,8 @@ def test_deleting_a_namespace_finalizes_every_dockertoken_and_revokes_its_token(
     requests = ApiRequests(doomed)
 
     # 1. the namespace goes; the Secret the neighbour still uses is kept for it
-    started = time.monotonic()
-    doomed.core.delete_namespace(doomed.ns)
-    for kind in order:
-        if kind == "secrets":
-            doomed.core.delete_collection_namespaced_secret(doomed.ns)
-        else:
-            doomed.custom.delete_collection_namespaced_custom_object(G, V, doomed.ns, P)
-    wait_for(lambda: _left(doomed) == ([], ["quay-credentials"]), timeout=DEADLINE,
-             what=f"the namespace's DockerTokens to go; left: {_left(doomed)}")
-    emptied = time.monotonic() - started
+    _play_namespace_controller(doomed, order)
+    emptied = _wait_left(doomed, [], ["quay-credentials"])
     assert [t["title"] for t in quay.tokens()] == ["neighbour"]
     kept = doomed.secret("quay-credentials")
     assert kept is not None and kept["metadata"].get("deletionTimestamp")
@@ -125,11 +128,9 @@ def test_deleting_a_namespace_finalizes_every_dockertoken_and_revokes_its_token(
     assert other.ready("neighbour")["status"] == "True"
     conds = {c["type"]: c for c in (other.get("neighbour") or {})["status"]["conditions"]}
     assert conds[protection.DELETING]["status"] == "True"
-    started_neighbour = time.monotonic()
     other.delete("neighbour")
-    wait_for(lambda: _left(doomed) == ([], []) and other.get("neighbour") is None, timeout=DEADLINE,
-             what="the neighbour and the Secret to go")
-    neighbour = time.monotonic() - started_neighbour
+    neighbour = _wait_left(doomed, [], [])
+    assert other.get("neighbour") is None
     print(f"\n{'/'.join(order)} first: {OBJECTS} DockerTokens finalized and their namespace emptied "
           f"but for the shared Secret in {emptied:.1f} s; the neighbour and the Secret in {neighbour:.1f} s")
     assert quay.tokens() == [] and other.secret("neighbour-pull") is None
@@ -156,6 +157,7 @@ def test_namespace_with_its_own_connection_secret_empties_within_a_minute(
     for name in names:
         env.dockertoken(name, title=name, ret=f"{name}-pull")
     _settled_ready(env, names)
-    seconds = _play_namespace_controller(env, ("secrets", "dockertokens"))
+    _play_namespace_controller(env, ("secrets", "dockertokens"))
+    seconds = _wait_left(env, [], [])
     print(f"\nsecrets first, no neighbour: namespace emptied in {seconds:.1f} s")
     assert quay.tokens() == []

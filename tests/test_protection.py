@@ -16,8 +16,8 @@ import pytest
 from function import decide, protection
 from function.errors import (
     BadEvent,
-    Conflict,
     ConfigError,
+    Conflict,
     Handling,
     KubeTransient,
     PermanentError,
