@@ -34,6 +34,7 @@ from function.connection import Connection
 from function.decide import Failure, Observed, Plan, TokenStep
 from function.errors import (
     ConfigError,
+    Conflict,
     Handling,
     PermanentError,
     QuayError,
@@ -486,8 +487,15 @@ class Apply:
         if state.deleting:  # new finalizers are refused now
             raise PermanentError(protection.refused_message(ref)).with_reason(protection.DELETING)
         meta = found.get("metadata") or {}
-        if self.kube.set_secret_finalizers(found, [*meta.get("finalizers", ()),
-                                                   protection.IN_USE_FINALIZER]) is None:
+        try:
+            written = self.kube.set_secret_finalizers(found, [*meta.get("finalizers", ()),
+                                                              protection.IN_USE_FINALIZER])
+        # changed meanwhile: most often another first user protecting it at the same moment
+        except Conflict:
+            if protection.secret_state(self.kube.get_secret(ref.namespace, ref.name)).protected:
+                return
+            raise
+        if written is None:
             raise Restart  # gone meanwhile: observe again
         self.act("protect-connection-secret")
 
