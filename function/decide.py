@@ -64,7 +64,7 @@ class Observed:
     wave: str                          # the resync run (its events share one list)
     conn: Connection | None            # None: see conn_error
     conn_error: PermanentError | None  # the connection Secret is missing, refused or invalid
-    conn_version: str                  # its resourceVersion ("" when missing): a fix moves it
+    conn_version: str                  # digest of its data ("" when missing): a fix moves it
     ret_secret: Mapping[str, Any] | None      # the Secret at spec.retSecretRef, as found
     old_ret_secret: Mapping[str, Any] | None  # the one at status.retSecret, when that moved
     consent_error: PermanentError | None = None  # a cross-namespace reference is not allowed
@@ -333,8 +333,9 @@ def inputs_digest(ob: Observed) -> str:
     """What someone could change to fix a failure, hashed (status must not name Secrets' data).
 
     The spec (generation), deletion, the reconcile-request annotation, the connection Secret's
-    resourceVersion, a foreign Secret squatting the return Secret's name, and where consent to a
-    cross-namespace reference is read from. Never anything this function writes itself.
+    data (not its resourceVersion, which the in-use finalizer moves), a foreign Secret squatting
+    the return Secret's name, and where consent to a cross-namespace reference is read from.
+    Never anything this function writes itself.
     """
     ret = ob.ret_secret
     foreign = ""
