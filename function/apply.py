@@ -500,13 +500,12 @@ class Apply:
         self.act("protect-connection-secret")
 
     def _release(self, ref: Ref) -> None:
-        """Take our finalizer off ``ref`` unless another DockerToken still needs it. This object
-        has stopped needing it (its status, spec or registration says so) before it looks, so
-        of two last users looking at once, the later one sees the other gone."""
+        """Take our finalizer off ``ref`` unless another DockerToken still needs it
+        (``protection.holds``; this object has stopped needing it before it looks)."""
         found = self.kube.get_secret(ref.namespace, ref.name)
         if found is None or not protection.secret_state(found).protected:
             return
-        if protection.in_use(self.kube.iter_dockertokens(label_selector=protection.selector(ref)),
+        if protection.in_use(self.kube.iter_dockertokens(label_selector=protection.selector(ref)), ref,
                              except_uid=self.dt.uid):
             return
         finalizers = list((found.get("metadata") or {}).get("finalizers") or ())
@@ -516,7 +515,7 @@ class Apply:
         # a user that registered while we looked (it read the Secret still protected): protect
         # it again, unless it is already on its way out
         if released and not protection.secret_state(released).deleting and protection.in_use(
-                self.kube.iter_dockertokens(label_selector=protection.selector(ref)),
+                self.kube.iter_dockertokens(label_selector=protection.selector(ref)), ref,
                 except_uid=self.dt.uid):
             self.kube.set_secret_finalizers(released, finalizers)
             self.act("protect-connection-secret")

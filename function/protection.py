@@ -100,11 +100,16 @@ def starts_using_deleted(current: Ref | None, want: Ref | None, state: SecretSta
     return want is not None and state.deleting and current != want
 
 
-def holds(obj: Mapping[str, Any]) -> bool:
-    """Whether a listed DockerToken (labelled as a user) still needs its connection Secret: it
-    keeps our finalizer and its tokens are not preserved, and, once deleting, not yet revoked."""
+def holds(obj: Mapping[str, Any], ref: Ref) -> bool:
+    """Whether a listed DockerToken (labelled as a user of ``ref``) still needs it: its spec still
+    names it, it keeps our finalizer, its tokens are not preserved, and, once deleting, they are
+    not yet revoked. Each condition is written before the object's owner looks for other users,
+    so of two last users looking at once, the later one sees the other gone."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-    if FINALIZER not in (meta.get("finalizers") or ()) or spec.get("preserveInQuayOnDeletion") is True:
+    conn = spec.get("connSecretRef") or {}
+    named = Ref(str(conn.get("namespace") or meta.get("namespace") or ""), str(conn.get("name") or ""))
+    if named != ref or FINALIZER not in (meta.get("finalizers") or ()) \
+            or spec.get("preserveInQuayOnDeletion") is True:
         return False
     if not meta.get("deletionTimestamp"):
         return True
@@ -112,9 +117,9 @@ def holds(obj: Mapping[str, Any]) -> bool:
     return any(status.get(k) for k in ("uuid", "pendingRevocation", "existInQuay", "creation"))
 
 
-def in_use(objects: Iterable[Mapping[str, Any]], *, except_uid: str) -> bool:
-    """Whether any DockerToken other than ``except_uid`` still needs the Secret."""
-    return any(holds(o) for o in objects if (o.get("metadata") or {}).get("uid") != except_uid)
+def in_use(objects: Iterable[Mapping[str, Any]], ref: Ref, *, except_uid: str) -> bool:
+    """Whether any DockerToken other than ``except_uid`` still needs the Secret ``ref``."""
+    return any(holds(o, ref) for o in objects if (o.get("metadata") or {}).get("uid") != except_uid)
 
 
 def forgotten(status: Mapping[str, Any]) -> dict[str, Any]:

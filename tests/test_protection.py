@@ -69,10 +69,11 @@ def test_a_secret_being_deleted_gets_no_new_user() -> None:
 
 def _listed(uid: str, *, finalizer: bool = True, deleting: bool = False, preserve: bool = False,
             **status: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {"uid": uid, "finalizers": [FINALIZER] if finalizer else []}
+    meta: dict[str, Any] = {"uid": uid, "namespace": "ns", "finalizers": [FINALIZER] if finalizer else []}
     if deleting:
         meta["deletionTimestamp"] = "2026-12-07T10:00:00Z"
-    return {"metadata": meta, "spec": {"preserveInQuayOnDeletion": preserve}, "status": status}
+    return {"metadata": meta, "spec": {"connSecretRef": {"name": "conn"}, "preserveInQuayOnDeletion": preserve},
+            "status": status}
 
 
 @pytest.mark.parametrize(
@@ -86,19 +87,22 @@ def _listed(uid: str, *, finalizer: bool = True, deleting: bool = False, preserv
         pytest.param(_listed("a", deleting=True, existInQuay=True), True, id="deleting-migrated"),
         pytest.param(_listed("a", deleting=True, creation={"id": "x"}), True, id="deleting-mid-creation"),
         pytest.param(_listed("a", deleting=True, existInQuay=False), False, id="deleting-revoked"),
+        pytest.param({**_listed("a", uuid="u"), "spec": {"connSecretRef": {"name": "other"}}}, False,
+                     id="moved-to-another-secret"),
+        pytest.param({**_listed("a", uuid="u"), "spec": {"connSecretRef": {"name": "conn", "namespace": "x"}}},
+                     False, id="same-name-in-another-namespace"),
     ],
 )
 def test_which_listed_objects_still_need_the_secret(obj: dict[str, Any], holds: bool) -> None:
-    assert protection.holds(obj) is holds
-    assert protection.in_use([obj], except_uid="b") is holds
-    assert protection.in_use([obj], except_uid="a") is False  # never counts itself
+    assert protection.holds(obj, S) is holds
+    assert protection.in_use([obj], S, except_uid="b") is holds
+    assert protection.in_use([obj], S, except_uid="a") is False  # never counts itself
 
 
 def test_forgotten_status_needs_no_connection_to_finish() -> None:
     status = protection.forgotten({"uuid": "u", "pendingRevocation": ["p"], "existInQuay": True,
                                    "revokeAfter": "t", "creation": {"id": "x"}, "message": ""})
-    assert not protection.holds({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "t"},
-                                 "status": status})
+    assert not protection.holds({**_listed("a", deleting=True), "status": status}, S)
     assert status["message"] == ""
 
 
