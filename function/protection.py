@@ -35,7 +35,6 @@ DELETING = "ConnectionSecretDeleting"
 class SecretState:
     """What protection reads from a connection Secret."""
 
-    exists: bool = False
     protected: bool = False   # carries our finalizer
     deleting: bool = False    # has a deletionTimestamp: it goes once its finalizers do
 
@@ -44,7 +43,7 @@ def secret_state(obj: Mapping[str, Any] | None) -> SecretState:
     if obj is None:
         return SecretState()
     meta = obj.get("metadata") or {}
-    return SecretState(True, IN_USE_FINALIZER in (meta.get("finalizers") or ()),
+    return SecretState(IN_USE_FINALIZER in (meta.get("finalizers") or ()),
                        bool(meta.get("deletionTimestamp")))
 
 
@@ -72,7 +71,7 @@ class Steps:
     release: Ref | None = None      # no longer ours to use: drop its finalizer if nobody else uses it
     labels: Mapping[str, str | None] | None = None       # registration changes (merge patch)
     annotations: Mapping[str, str | None] | None = None
-    protect: Ref | None = None      # put the finalizer on it (checked against a fresh read)
+    protect: Ref | None = None      # put the finalizer on it (observed without)
     forget: bool = False            # deletion: record that nothing is left in Quay before releasing
 
 
@@ -84,7 +83,7 @@ def for_use(current: Ref | None, want: Ref | None, state: SecretState) -> Steps:
     if current != want:
         labels = {CONNECTION_LABEL: key(want) if want else None}
         annotations = {CONNECTION_ANNOTATION: str(want) if want else None}
-    protect = want if want is not None and (not state.protected or current != want) else None
+    protect = want if want is not None and not state.protected else None
     return Steps(release=release, labels=labels, annotations=annotations, protect=protect)
 
 

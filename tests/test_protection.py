@@ -39,14 +39,14 @@ OTHER = Ref("ns", "other")
 @pytest.mark.parametrize(
     ("current", "want", "state", "release", "register", "protect"),
     [
-        pytest.param(None, S, protection.SecretState(True), None, True, S, id="first-use"),
-        pytest.param(None, S, protection.SecretState(True, True), None, True, S,
+        pytest.param(None, S, protection.SecretState(), None, True, S, id="first-use"),
+        pytest.param(None, S, protection.SecretState(protected=True), None, True, None,
                      id="first-use-already-protected-by-another"),
-        pytest.param(S, S, protection.SecretState(True, True), None, False, None, id="in-order"),
-        pytest.param(S, S, protection.SecretState(True), None, False, S, id="finalizer-removed-by-hand"),
-        pytest.param(S, None, protection.SecretState(True, True), S, True, None, id="preserved"),
-        pytest.param(S, OTHER, protection.SecretState(True), S, True, OTHER, id="moved-to-another"),
-        pytest.param(None, None, protection.SecretState(True), None, False, None, id="preserved-from-start"),
+        pytest.param(S, S, protection.SecretState(protected=True), None, False, None, id="in-order"),
+        pytest.param(S, S, protection.SecretState(), None, False, S, id="finalizer-removed-by-hand"),
+        pytest.param(S, None, protection.SecretState(protected=True), S, True, None, id="preserved"),
+        pytest.param(S, OTHER, protection.SecretState(), S, True, OTHER, id="moved-to-another"),
+        pytest.param(None, None, protection.SecretState(), None, False, None, id="preserved-from-start"),
     ],
 )
 def test_steps_of_a_pass_that_keeps_the_object(current: Ref | None, want: Ref | None,
@@ -60,11 +60,11 @@ def test_steps_of_a_pass_that_keeps_the_object(current: Ref | None, want: Ref | 
 
 
 def test_a_secret_being_deleted_gets_no_new_user() -> None:
-    deleting = protection.SecretState(True, True, True)
+    deleting = protection.SecretState(protected=True, deleting=True)
     assert protection.starts_using_deleted(None, S, deleting)
     assert not protection.starts_using_deleted(S, S, deleting)  # its user keeps it until it goes
     assert not protection.starts_using_deleted(None, None, deleting)  # preserved: needs nothing
-    assert not protection.starts_using_deleted(None, S, protection.SecretState(True, True))
+    assert not protection.starts_using_deleted(None, S, protection.SecretState(protected=True))
 
 
 def _listed(uid: str, *, finalizer: bool = True, deleting: bool = False, preserve: bool = False,
@@ -257,3 +257,44 @@ def test_bulk_creation_on_a_cold_cache_costs_n_plus_c(env: Env) -> None:
           f"{sum('protect-connection-secret' in line['actions'] for line in lines)}")
     assert env.quay_calls("create") == 6 and env.quay_calls("list") == 2  # N + C
     assert sum("protect-connection-secret" in line["actions"] for line in lines) == 2  # one per Secret
+
+
+# -- the plan ------------------------------------------------------------------------------------
+def _observed(*, status: dict[str, Any] | None = None, deleting: bool = False, registered: Ref | None = None,
+              secret_finalizers: tuple[str, ...] = (), secret_deleting: bool = False,
+              preserve: bool = False) -> decide.Observed:
+    from function.connection import parse_connection
+    from function.model import DockerToken
+
+    meta: dict[str, Any] = {"namespace": "ns", "name": "dt", "uid": "me", "generation": 1,
+                            "finalizers": [FINALIZER]}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-07T09:59:00Z"
+    dt = DockerToken.from_object({"metadata": meta, "status": status or {}, "spec": {
+        "connSecretRef": {"name": "conn"}, "name": "t", "preserveInQuayOnDeletion": preserve}})
+    secret_meta: dict[str, Any] = {"namespace": "ns", "name": "conn", "finalizers": list(secret_finalizers)}
+    if secret_deleting:
+        secret_meta["deletionTimestamp"] = "2026-12-07T09:59:00Z"
+    assert NOW is not None
+    return decide.Observed(
+        dt=dt, now=NOW, verify=False, wave="", conn=parse_connection(
+            {"host": "https://quay.example", "token": "t" * 40}, secret_name="conn"),
+        conn_error=None, conn_version="v", ret_secret=None, old_ret_secret=None,
+        conn_secret={"metadata": secret_meta}, registered=registered)
+
+
+def test_plans_register_protect_and_release() -> None:
+    first = decide.plan(_observed())
+    assert first.in_use.protect == S and first.in_use.annotations == {protection.CONNECTION_ANNOTATION: "ns/conn"}
+    refused = decide.plan(_observed(secret_deleting=True, secret_finalizers=(protection.IN_USE_FINALIZER,)))
+    assert refused.failure is not None and refused.failure.reason == protection.DELETING
+    assert refused.token is None  # no token made with a Secret on its way out
+    user = decide.plan(_observed(registered=S, secret_deleting=True, status={"uuid": "u", "tokenName": "t"},
+                                 secret_finalizers=(protection.IN_USE_FINALIZER,)))
+    assert user.failure is None and user.in_use == protection.Steps()  # keeps working, nothing to do
+    revoking = decide.plan(_observed(registered=S, deleting=True, status={"uuid": "u", "existInQuay": True}))
+    assert revoking.revoke == ("u",) and revoking.in_use == protection.Steps(release=S, forget=True)
+    preserved = decide.plan(_observed(registered=S, deleting=True, preserve=True, status={"uuid": "u"}))
+    assert preserved.revoke == () and preserved.in_use == protection.Steps(release=S)
+    old = decide.plan(_observed(deleting=True, status={"uuid": "u"}))  # made before the protection
+    assert old.revoke == ("u",) and old.in_use == protection.Steps()
