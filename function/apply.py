@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from function import creation, decide, kevents, steps
+from function import creation, decide, inuse, kevents, steps
 from function.cache import TokenListCache
 from function.connection import Connection
 from function.errors import PermanentError, QuayError, QuayNotFound, Restart, TemporaryError
@@ -131,10 +131,15 @@ class Pass:
         match step:
             case steps.PatchMetadata():
                 obj = kube.patch_metadata(dt.namespace, dt.name, dt.resource_version,
-                                          finalizers=step.finalizers, labels=step.labels)
+                                          finalizers=step.finalizers, labels=step.labels,
+                                          annotations=step.annotations)
                 if not obj:
                     raise Restart
                 self.dt = DockerToken.from_object(obj)
+            case steps.ProtectConnection():
+                return inuse.protect(kube, self.ob.conn_secret, step.where, self.actions.append)
+            case steps.ReleaseConnection():
+                return inuse.release(kube, step.where, except_uid=dt.uid, act=self.actions.append)
             case steps.ObtainToken():
                 return self._obtain(step)
             case steps.WriteStatus():
@@ -227,9 +232,9 @@ class Pass:
     def _write_status(self, desired: Status) -> None:
         """Write only what differs from what the server has; nothing at all when equal."""
         patch = desired.merge_patch(self.stored)
-        if patch:
-            obj = self.kube.patch_status(self.dt.namespace, self.dt.name, patch)
-            self.stored = Status.from_object(obj.get("status")) if obj else self.stored
+        obj = self.kube.patch_status(self.dt.namespace, self.dt.name, patch) if patch else {}
+        if obj:  # its new resourceVersion guards the writes that follow (the finalizer's)
+            self.dt, self.stored = DockerToken.from_object(obj), Status.from_object(obj.get("status"))
         self.lease_held = False
 
     def _record_events(self) -> None:

@@ -56,6 +56,15 @@ def lease_state(creation: Creation | None, now: datetime.datetime) -> Lease:
     return Lease.FRESH
 
 
+def fresh_list_needed(status: Status, now: datetime.datetime) -> bool:
+    """Whether a token may already exist in Quay for this object, unseen by a cached list: one
+    the original operator made (existInQuay, no UUID), one a holder that died may have made (a
+    stale lease), or one a failed attempt may have made (a POST whose answer was lost). A
+    brand-new object keeps the cached list: N creations on a connection cost N POSTs and 1 list."""
+    return (status.retry is not None or (status.exist_in_quay and not status.uuid)
+            or lease_state(status.creation, now) is Lease.STALE)
+
+
 def claim_view(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The part of another DockerToken the claim and lease rules read; keeps a list of thousands
     of objects small in memory (managedFields and spec are dropped)."""

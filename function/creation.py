@@ -5,8 +5,9 @@ Creating a token (POST) is the one call that is not idempotent. ``apply.py`` han
 deliveries in any number of processes:
 
 1. **Credentials first.** The token list is read before anything is written, so a refused
-   connection costs no write. An object whose last attempt failed lists afresh (the answer to
-   its POST may have been lost).
+   connection costs no write. It is read afresh when a token may exist that a cached list has
+   not seen (``claims.fresh_list_needed``: the old operator's, a dead holder's, a failed
+   attempt's whose answer was lost).
 2. **One creator per object.** A lease (``status.creation``) is written with a resourceVersion
    precondition (compare-and-swap): one delivery wins, the others get 409 and restart. A fresh
    lease held by another delivery is waited on (it is freed: restart; it is not within
@@ -151,7 +152,7 @@ class Creator:
     # -- the protocol --------------------------------------------------------------------------------
     def acquire(self, dt: DockerToken, step: steps.Acquire, now: datetime.datetime) -> Created:
         """Adopt an unclaimed token titled ``step.title``, else create one; record it at once."""
-        known = self.tokens(fresh=dt.status.retry is not None)
+        known = self.tokens(fresh=claims.fresh_list_needed(dt.status, now))
         dt = self._take_lease(dt, now)
         try:
             others = self._others_once_rivals_settled(dt, now)

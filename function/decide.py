@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from function import claims, conditions, pullsecret, renewal, result, template
+from function import claims, conditions, protection, pullsecret, renewal, result, template
 from function.claims import Lease
 from function.connection import Connection
 from function.errors import ConfigError, PermanentError
@@ -54,7 +54,9 @@ from function.steps import (
     ObtainToken,
     PatchMetadata,
     Plan,
+    ProtectConnection,
     RecreateSecret,
+    ReleaseConnection,
     RemoveFinalizer,
     ReplaceSecret,
     Revoke,
@@ -99,7 +101,7 @@ class Observed:
     wave: str                          # the resync run (its events share one list)
     conn: Connection | None            # None: see conn_error
     conn_error: PermanentError | None  # the connection Secret is missing, refused or invalid
-    conn_version: str                  # its resourceVersion ("" when missing): a fix moves it
+    conn_version: str                  # digest of its data ("" when missing): a fix moves it
     ret_secret: Mapping[str, Any] | None      # the Secret at spec.retSecretRef, as found
     old_ret_secret: Mapping[str, Any] | None  # the one at status.retSecret, when that moved
     consent_error: PermanentError | None = None  # a cross-namespace reference is not allowed
@@ -108,6 +110,14 @@ class Observed:
     service_accounts: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     resync_period: datetime.timedelta = RESYNC_PERIOD
     rotation_grace: datetime.timedelta = ROTATION_GRACE
+    # in-use protection (protection.py): the connection Secret as found (None: missing or not
+    # ours to read), and the Secret this object is registered as a user of
+    conn_secret: Mapping[str, Any] | None = None
+    registered: Ref | None = None
+
+    @property
+    def conn_state(self) -> protection.SecretState:
+        return protection.secret_state(self.conn_secret)
 
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -135,6 +145,12 @@ def plan(ob: Observed) -> Plan:
             conditions.SECRET_CONFLICT,
             f"retSecretRef: Secret {dt.ret_secret} exists and belongs to something else (no "
             "quay-dockertoken owner mark); choose another name or delete that Secret"), inputs)
+    # the Secret this object makes or holds tokens with is protected until they are revoked
+    want = None if dt.preserve_in_quay else dt.conn_secret
+    if protection.starts_using_deleted(ob.registered, want, ob.conn_state):
+        return _failing(ob, _metadata(dt, add, labels), Failure(
+            protection.DELETING, protection.refused_message(dt.conn_secret)), inputs)
+    in_use = protection.for_use(ob.registered, want, ob.conn_state)
     held = pullsecret.token_from(ob.ret_secret) if ob.ret_secret is not None else None
     if held is not None and held.uuid != dt.status.uuid:
         held = None
@@ -145,7 +161,11 @@ def plan(ob: Observed) -> Plan:
                     deletes=_deletes(ob, (old,) if old is not None and old != dt.ret_secret else ()),
                     sa_edits=edits, attached=attached)
     first = _first(ob, step, why, held)
-    meta = _metadata(dt, add, labels)
+    # released before the registration that names it goes; protected before any token is made
+    meta: tuple[Step, ...] = (
+        *((ReleaseConnection(in_use.release),) if in_use.release is not None else ()),
+        *_metadata(dt, add, {**(labels or {}), **(in_use.labels or {})}, in_use.annotations),
+        *((ProtectConnection(in_use.protect),) if in_use.protect is not None else ()))
     if not isinstance(first, Obtained):
         return Plan(steps=(*meta, ObtainToken(first, ensure)), recordable=True, inputs=inputs)
     try:
@@ -162,7 +182,10 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
         return Plan(report=Report("gone"))
     refs = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
     detach, _ = service_account_edits(dt, ob.service_accounts, keep=())
-    finish: tuple[Step, ...] = (*detach, *_deletes(ob, refs),
+    # once nothing is left in Quay (revoked, or kept on purpose), this object stops using its
+    # connection Secret: say so first, so that a later pass finishes without the Secret
+    release = (ReleaseConnection(ob.registered),) if ob.registered is not None else ()
+    finish: tuple[Step, ...] = (*release, *detach, *_deletes(ob, refs),
                                 RemoveFinalizer(tuple(f for f in dt.finalizers if f != FINALIZER)))
     done = Plan(steps=finish, report=Report("finalized"), recordable=True, cleanup=True, inputs=inputs)
     if dt.preserve_in_quay:
@@ -184,15 +207,33 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     creating = claims.lease_state(dt.status.creation, ob.now) is Lease.FRESH
     wait: tuple[Step, ...] = (WaitForCreator(),) if creating else ()
     revoking: Step = RevokeByTitle(dt.title, revoke) if by_title else Revoke(revoke, "revoke-token")
-    return Plan(steps=(*wait, revoking, *finish), report=Report("finalized"), recordable=True,
+    forget = (WriteStatus(protection.forgotten(dt.status)),) if ob.registered is not None else ()
+    return Plan(steps=(*wait, revoking, *forget, *finish), report=Report("finalized"), recordable=True,
                 cleanup=True, inputs=inputs)
 
 
-def _metadata(dt: DockerToken, add: bool, labels: Mapping[str, str | None] | None) -> tuple[Step, ...]:
+def unobserved(dt: DockerToken, exc: Exception, now: datetime.datetime) -> tuple[Observed, Plan]:
+    """A pass whose observation failed (the API server refused a read, say): the failure is
+    recorded under the convergence rule like any other, with what could fix it as its digest."""
+    ob = Observed(dt=dt, now=now, verify=False, wave="", conn=None, conn_error=None, conn_version="",
+                  ret_secret=None, old_ret_secret=None)
+    inputs = inputs_digest(ob)
+    if dt.deleting and not dt.has_finalizer:
+        return ob, Plan(report=Report("gone"))
+    if _backing_off(dt.status, inputs, now):
+        return ob, Plan(report=_backoff(dt.status), cleanup=dt.deleting, inputs=inputs)
+    failure = result.failure_of(exc, cleanup=dt.deleting)
+    assert failure is not None
+    meta = _metadata(dt, not dt.deleting and not dt.has_finalizer, None)
+    return ob, _failing(ob, meta, failure, inputs, cleanup=dt.deleting)
+
+
+def _metadata(dt: DockerToken, add: bool, labels: Mapping[str, str | None] | None,
+              annotations: Mapping[str, str | None] | None = None) -> tuple[Step, ...]:
     if not add and not labels:
         return ()
-    return (PatchMetadata((*dt.finalizers, FINALIZER) if add else None, labels,
-                          "add-finalizer" if add else "set-claim-labels"),)
+    return (PatchMetadata((*dt.finalizers, FINALIZER) if add else None, labels or None,
+                          "add-finalizer" if add else "set-labels", annotations),)
 
 
 def _backoff(status: Status) -> Report:
@@ -330,10 +371,9 @@ def namespace_missing(where: Ref) -> ConfigError:
 def on_error(ob: Observed, plan: Plan, step: Step, status: Status, exc: Exception, *,
              lease_held: bool) -> Settlement | None:
     """What to record when ``step`` of ``plan`` raised ``exc`` (``status``: as the pass had it);
-    None when nothing is (the event is answered 503 and redelivered): the metadata write, and
-    the writes of a plan that only records, are the API server's to fail."""
-    recordable = plan.recordable and not isinstance(step, PatchMetadata)
-    failure = result.failure_of(exc, cleanup=plan.cleanup) if recordable else None
+    None when nothing is (``result.classify``; the event is answered 503 and redelivered), or
+    when the plan was recording a failure already."""
+    failure = result.failure_of(exc, cleanup=plan.cleanup) if plan.recordable else None
     if failure is None:
         return None
     return failed(ob, status, failure, inputs=plan.inputs, cleanup=plan.cleanup, lease_held=lease_held)
@@ -368,8 +408,22 @@ def settle(ob: Observed, ensure: Ensure, got: Obtained) -> Settlement:
         st = st.with_(pending_revocation=(), revoke_after="")
     note = renewal_note(dt, token, ob.resync_period)
     st, reason, message = ready_status(dt, st, replaced=got.why, now=ob.now, note=note)
+    st, deleting = _connection_deleting(ob, st)
+    events += deleting
     steps.append(WriteStatus(st))
     return Settlement(tuple(steps), st, tuple(events), Report("ready", reason, message), base)
+
+
+def _connection_deleting(ob: Observed, status: Status) -> tuple[Status, tuple[Transition, ...]]:
+    """The condition (and, when it appears, a Warning Event) telling the owner that the
+    connection Secret is being deleted and kept until this object lets it go."""
+    dt = ob.dt
+    deleting = ob.conn_state.deleting and not dt.preserve_in_quay
+    before = dt.status.condition(protection.DELETING) is not None
+    conds = protection.with_condition(status.conditions, dt.conn_secret if deleting else None,
+                                      generation=dt.generation, now=rfc3339(ob.now))
+    events = (Transition(WARNING, protection.DELETING, protection.deleting_message(dt.conn_secret)),)
+    return status.with_(conditions=tuple(conds)), events if deleting and not before else ()
 
 
 def failed(ob: Observed, status: Status, failure: Failure, *, inputs: str, cleanup: bool = False,

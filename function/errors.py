@@ -5,14 +5,16 @@
     ├── TemporaryError     retrying later can succeed
     │   ├── QuayTransient      Quay 5xx/429, timeout, refused or reset connection: recorded in
     │   │                      status with its retry time -> 204 (503 to a resync event)
-    │   └── KubeTransient      API server conflict (409) or outage: nothing could be recorded
-    │                          -> 503, the source redelivers
+    │   └── KubeTransient      API server outage: nothing could be recorded -> 503, redelivered
+    │       └── Conflict           the object changed since it was read (409): the pass restarts
     └── PermanentError     retrying cannot help; the reason goes to status -> 204
         ├── ConfigError        a spec field or connection Secret key is wrong
         └── QuayPermanent      Quay refused: auth, scope, TLS, invalid request, disabled feature
 
-``main.py`` is the only module that turns these into status codes. Messages never carry a
-credential: they name the field or Quay's own error text, and at most a short body excerpt.
+What a reconcile pass does with each, whatever phase (observe, plan, apply) raised it, is
+decided once, by ``result.classify``; ``result.py`` also turns them into HTTP answers. Messages
+never carry a credential: they name the field or Quay's own error text, and at most a short
+body excerpt.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Self
 __all__ = [
     "BadEvent",
     "ConfigError",
+    "Conflict",
     "KubeTransient",
     "PermanentError",
     "QuayAuthError",
@@ -79,6 +82,12 @@ class KubeTransient(TemporaryError):
     """The API server answered 409, 429 or 5xx, or could not be reached."""
 
     reason = "KubernetesUnavailable"
+
+
+class Conflict(KubeTransient):
+    """The object changed since we read it (409): re-read and retry."""
+
+    reason = "Conflict"
 
 
 class QuayError(ReconcileError):

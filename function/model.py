@@ -184,6 +184,8 @@ def _raw(value: object, *, keep_empty: bool = False) -> Any:
     if isinstance(value, Retry):
         return {"inputs": value.inputs, "attempts": value.attempts, "notBefore": value.not_before,
                 "temporary": value.temporary}
+    if isinstance(value, bool):
+        return value  # existInQuay: false is said, not removed
     if isinstance(value, tuple):
         return [dict(v) if isinstance(v, Mapping) else v for v in value] or None
     return value if keep_empty else value or None

@@ -1,8 +1,9 @@
 """The return Secret (the pull Secret): what it must contain, whose it is, whether it is intact,
 and the ServiceAccount ``imagePullSecrets`` edits that attach it.
 
-Pure functions; ``apply.py`` builds the desired body here and hands it to ``kube.py``. The keys are the
-original operator's (see the seed document), so pods that used its Secrets keep working.
+Pure functions; ``decide.py`` builds the desired body here, ``apply.py`` hands it to ``kube.py``.
+The keys are the original operator's (see the seed document), so pods that used its Secrets
+keep working.
 """
 
 from __future__ import annotations

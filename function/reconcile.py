@@ -3,8 +3,10 @@
 Called by ``main.py`` for every event. Level-based: the event only names the object (and says
 whether it is a resync, which also confirms the token in Quay). Each pass reads everything
 again (``observe.py``), decides with one pure function (``decide.plan``) and carries the plan
-out (``apply.py``). A conflicting write restarts the pass from a fresh read (a few times, then
-503 so the event is redelivered). Whatever happens, the answer is one ``result.Result``.
+out (``apply.py``). An error from any of the three is handled as ``result.classify`` says: a
+conflicting write restarts the pass from a fresh read (a few times, then 503 so the event is
+redelivered), a refusal is recorded in status under the convergence rule, and what cannot be
+recorded is answered 503. Whatever happens, the answer is one ``result.Result``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Callable
 
 from function import apply, decide, result
 from function.cache import TokenListCache
-from function.errors import Restart, TemporaryError
-from function.kube import Conflict, Kube
+from function.errors import TemporaryError
+from function.kube import Kube
+from function.model import DockerToken
 from function.observe import observe
-from function.result import Report, Result, Tally
+from function.result import Handling, Report, Result, Tally
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +60,28 @@ class Reconciler:
                 obj = kube.get_dockertoken(namespace, name)
                 if obj is None:
                     return result.finished(Report("gone"), tally, resync=verify_quay)
-                observed = observe(kube, obj, verify=verify_quay, wave=wave, now=self.clock(),
-                                   resync_period=self.resync_period, rotation_grace=self.rotation_grace)
-                step = apply.Pass(kube, self.quay_factory, self.cache, observed, decide.plan(observed),
+                now = self.clock()
+                try:
+                    observed = observe(kube, obj, verify=verify_quay, wave=wave, now=now,
+                                       resync_period=self.resync_period, rotation_grace=self.rotation_grace)
+                    plan = decide.plan(observed)
+                # as any phase: restart, record (the failure is planned like any other), or raise
+                except Exception as exc:
+                    handling = result.classify(exc)
+                    if handling is Handling.RESTART:
+                        continue
+                    if handling is not Handling.RECORD:
+                        raise
+                    observed, plan = decide.unobserved(DockerToken.from_object(obj), exc, now)
+                step = apply.Pass(kube, self.quay_factory, self.cache, observed, plan,
                                   reporting_instance=self.reporting_instance)
                 try:
                     report = step.run()
                 # someone wrote the object meanwhile: decide again on its new state
-                except (Conflict, Restart):
-                    continue
+                except Exception as exc:
+                    if result.classify(exc) is Handling.RESTART:
+                        continue
+                    raise
                 finally:
                     tally += step.close()
                 return result.finished(report, tally, resync=verify_quay)

@@ -1,10 +1,11 @@
 """The result contract: what a reconcile reports, and the one mapping from errors to answers.
 
 ``reconcile.py`` returns a :class:`Result` for every event (``main.py`` logs it and answers with
-its ``http``); ``decide.py`` reports how a pass ended as a :class:`Report`; every phase (event
-parsing, observing, the token, the Secret, deletion) classifies what it raised with
-:func:`failure_of` (what to record in status) and :func:`from_error` (what to answer when
-nothing could be recorded). The error tree itself is drawn in ``errors.py``.
+its ``http``); ``decide.py`` reports how a pass ended as a :class:`Report`. Every phase (event
+parsing, observe, plan, apply, deletion) hands what it raised to :func:`classify` (restart the
+pass, record the failure, or raise), :func:`failure_of` (what to record in status) and
+:func:`from_error` (what to answer when nothing could be recorded). The error tree itself is
+drawn in ``errors.py``.
 
     recorded in status (Ready=False + retry schedule)  -> 204; 503 to a resync event whose
                                                           failure is temporary (its CronJob counts it)
@@ -16,10 +17,11 @@ nothing could be recorded). The error tree itself is drawn in ``errors.py``.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from function import conditions
-from function.errors import BadEvent, PermanentError, QuayTransient, TemporaryError
+from function.errors import BadEvent, Conflict, PermanentError, QuayTransient, Restart, TemporaryError
 from function.model import FINALIZER
 
 NO_CONTENT, BAD_REQUEST, UNAVAILABLE = 204, 400, 503
@@ -77,16 +79,33 @@ class Result:
 IGNORED = Result(NO_CONTENT, "ignored")
 
 
+class Handling(enum.StrEnum):
+    """What a reconcile pass does with an error."""
+
+    RESTART = "restart"  # someone wrote meanwhile: decide again from a fresh read
+    RECORD = "record"    # Ready=False with the reason and status.retry (the convergence rule), 204
+    RAISE = "raise"      # nothing can be recorded, or another delivery is on it: 503, redelivered
+
+
+def classify(exc: BaseException) -> Handling:
+    """The one error mapping of every phase. A conflict (or a pass that found the object
+    changed) restarts the pass; a refusal (PermanentError, from Quay or the API server) and
+    Quay being unavailable are recorded; the API server unavailable (nothing could be
+    recorded), a concurrent creation, a malformed event and a bug are raised (503, or 400)."""
+    if isinstance(exc, (Conflict, Restart)):
+        return Handling.RESTART
+    if isinstance(exc, (PermanentError, QuayTransient)):
+        return Handling.RECORD
+    return Handling.RAISE
+
+
 def failure_of(exc: BaseException, *, cleanup: bool = False) -> Failure | None:
     """What to record in status for ``exc`` raised during a pass; None when nothing should be
-    recorded (the API server failing, a rival creating the token, a bug): the event is then
-    answered 503 and redelivered.
-
-    A refusal (PermanentError) and Quay being unavailable are recorded with their retry time;
-    during a deletion both block the cleanup, with the way out in the message.
-    """
-    if not isinstance(exc, (PermanentError, QuayTransient)):
+    (:func:`classify`). During a deletion a failure blocks the cleanup, with the way out in the
+    message."""
+    if classify(exc) is not Handling.RECORD:
         return None
+    assert isinstance(exc, (PermanentError, QuayTransient))
     temporary = isinstance(exc, QuayTransient)
     if cleanup:
         return Failure(

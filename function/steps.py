@@ -22,11 +22,27 @@ READY = Report("ready")
 # -- steps: what apply.py performs, each logging its action ----------------------------------
 @dataclass(frozen=True)
 class PatchMetadata:
-    """Our finalizer before anything is made in Quay, and the claim labels (one write)."""
+    """Our finalizer before anything is made in Quay, the claim labels and the registration as
+    a user of the connection Secret (one write)."""
 
     finalizers: tuple[str, ...] | None
-    labels: Mapping[str, str | None] | None  # claim labels to add ("true") or drop (None)
+    labels: Mapping[str, str | None] | None  # labels to add or drop (None)
     action: str
+    annotations: Mapping[str, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class ProtectConnection:
+    """Our in-use finalizer on the connection Secret before a token is made with it."""
+
+    where: Ref
+
+
+@dataclass(frozen=True)
+class ReleaseConnection:
+    """This object no longer uses the Secret: its in-use finalizer goes unless another still does."""
+
+    where: Ref
 
 
 @dataclass(frozen=True)
@@ -173,8 +189,9 @@ class ObtainToken:
     ensure: Ensure
 
 
-Step = (PatchMetadata | WriteStatus | CreateSecret | ReplaceSecret | RecreateSecret | DeleteSecret
-        | EditServiceAccount | Revoke | RevokeByTitle | WaitForCreator | RemoveFinalizer | ObtainToken)
+Step = (PatchMetadata | ProtectConnection | ReleaseConnection | WriteStatus | CreateSecret
+        | ReplaceSecret | RecreateSecret | DeleteSecret | EditServiceAccount | Revoke | RevokeByTitle
+        | WaitForCreator | RemoveFinalizer | ObtainToken)
 
 
 @dataclass(frozen=True)

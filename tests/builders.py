@@ -10,11 +10,13 @@ from function import decide, pullsecret
 from function.connection import Connection
 from function.errors import PermanentError
 from function.model import FINALIZER, DockerToken, Ref, Token
+from function.protection import CONNECTION_ANNOTATION, CONNECTION_LABEL, IN_USE_FINALIZER, key
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
 CONN = Connection(base_url="https://quay.example", registry="quay.example", token="oauth")
 NS, NAME, UID = "ns", "dt", "uid-1"
 PULL = "pull"
+CONN_REF = Ref(NS, "conn")
 # Quay's RFC 2822 dates, relative to NOW
 CREATED = "Thu, 26 Nov 2026 09:00:00 -0000"
 LATER = "Fri, 27 Nov 2026 12:00:00 -0000"
@@ -35,7 +37,9 @@ def dockertoken(status: dict[str, Any] | None = None, *, title: str = "mytoken",
     if ret:
         body["retSecretRef"] = {"name": PULL}
     meta: dict[str, Any] = {"namespace": NS, "name": NAME, "uid": UID, "generation": generation,
-                            "resourceVersion": "10", "finalizers": [FINALIZER] if finalizer else []}
+                            "resourceVersion": "10", "finalizers": [FINALIZER] if finalizer else [],
+                            "annotations": {CONNECTION_ANNOTATION: str(CONN_REF)},
+                            "labels": {CONNECTION_LABEL: key(CONN_REF)}}
     if deleting:
         meta["deletionTimestamp"] = at(-1)
     return {"metadata": meta, "spec": body, "status": status or {}}
@@ -63,9 +67,12 @@ def observed(obj: dict[str, Any] | None = None, *, ret_secret: dict[str, Any] | 
              conn_error: PermanentError | None = None, consent_error: PermanentError | None = None,
              old_ret_secret: dict[str, Any] | None = None, conn_version: str = "7",
              service_accounts: dict[str, dict[str, Any] | None] | None = None,
-             now: datetime.datetime = NOW) -> decide.Observed:
+             now: datetime.datetime = NOW, registered: Ref | None = CONN_REF) -> decide.Observed:
+    """What a pass observes; by default the object is a registered user of its connection Secret,
+    which carries the in-use finalizer (test_protection.py has the rows where it does not)."""
     return decide.Observed(
         dt=DockerToken.from_object(obj or dockertoken()), now=now, verify=verify, wave="w",
         conn=None if conn_error else conn, conn_error=conn_error, conn_version=conn_version,
         ret_secret=ret_secret, old_ret_secret=old_ret_secret, consent_error=consent_error,
-        service_accounts=service_accounts or {})
+        service_accounts=service_accounts or {}, registered=registered,
+        conn_secret={"metadata": {"namespace": NS, "name": "conn", "finalizers": [IN_USE_FINALIZER]}})

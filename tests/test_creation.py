@@ -18,8 +18,7 @@ import pytest
 
 from function import claims, conditions, creation, steps
 from function.cache import TokenListCache
-from function.errors import QuayAuthError, QuayNotFound, QuayTransient, Restart, TemporaryError
-from function.kube import Conflict
+from function.errors import Conflict, QuayAuthError, QuayNotFound, QuayTransient, Restart, TemporaryError
 from function.model import DockerToken, Status, Token
 from tests.builders import CONN, CREATED, NOW, at, dockertoken
 

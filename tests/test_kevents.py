@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
+from function.errors import Conflict
 from function.kevents import (
     NOTE_MAX_BYTES,
     WARNING,
     build_event,
     micro_time,
 )
-from function.kube import Conflict, Kube, http_client, load_config
+from function.kube import Kube, http_client, load_config
 from function.pullsecret import pull_secret_edit
 from tests.controlplane import ControlPlane
 

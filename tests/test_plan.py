@@ -15,6 +15,7 @@ import pytest
 from function import conditions, decide, pullsecret, steps
 from function.errors import (
     ConfigError,
+    Conflict,
     KubeTransient,
     PermanentError,
     QuayAuthError,
@@ -26,7 +27,6 @@ from function.errors import (
     QuayUnexpectedResponse,
     TemporaryError,
 )
-from function.kube import Conflict
 from function.model import FINALIZER, RECONCILE_REQUEST, DockerToken, Ref, Retry, Status, Token
 from function.result import Failure, Report
 from tests.builders import (
@@ -74,11 +74,11 @@ ROWS = [
     ("new-object", observed(dockertoken(finalizer=False)),
      {"steps": ["PatchMetadata:add-finalizer", "ObtainToken"], "token": "Acquire", "result": "ready"}),
     ("claim-labels-first", observed(dockertoken()),
-     {"steps": ["PatchMetadata:set-claim-labels", "ObtainToken"], "token": "Acquire"}),
+     {"steps": ["PatchMetadata:set-labels", "ObtainToken"], "token": "Acquire"}),
     ("migrated-without-uuid", observed(dockertoken({"existInQuay": True})),
      {"token": "Acquire"}),
     ("in-order-event", observed(dockertoken(settled()), ret_secret=secret()),
-     {"steps": ["PatchMetadata:set-claim-labels", "WriteStatus"], "token": "", "result": "ready",
+     {"steps": ["PatchMetadata:set-labels", "WriteStatus"], "token": "", "result": "ready",
       "reason": "TokenReady"}),
     ("in-order-resync", observed(dockertoken(settled()), ret_secret=secret(), verify=True),
      {"token": "Verify"}),
@@ -98,21 +98,21 @@ ROWS = [
      {"token": "", "result": "ready"}),
     ("grace-running", observed(dockertoken(settled(pendingRevocation=["u0"], revokeAfter=at(1))),
                                ret_secret=secret()),
-     {"steps": ["PatchMetadata:set-claim-labels", "WriteStatus"]}),
+     {"steps": ["PatchMetadata:set-labels", "WriteStatus"]}),
     ("grace-over", observed(dockertoken(settled(pendingRevocation=["u0"], revokeAfter=at(-1))),
                             ret_secret=secret()),
-     {"steps": ["PatchMetadata:set-claim-labels", "Revoke:revoke-old-token", "WriteStatus"]}),
+     {"steps": ["PatchMetadata:set-labels", "Revoke:revoke-old-token", "WriteStatus"]}),
     ("ret-secret-moved", observed(dockertoken(settled(retSecret={"namespace": "ns", "name": "old"})),
                                   ret_secret=secret(), old_ret_secret=secret(name="old")),
-     {"steps": ["PatchMetadata:set-claim-labels", "DeleteSecret:delete-secret", "WriteStatus"]}),
+     {"steps": ["PatchMetadata:set-labels", "DeleteSecret:delete-secret", "WriteStatus"]}),
     ("service-account-attached", observed(dockertoken(settled(), serviceAccounts=["builder"]),
                                           ret_secret=secret(), service_accounts={"builder": {
                                               "metadata": {"resourceVersion": "3"}}}),
-     {"steps": ["PatchMetadata:set-claim-labels", "EditServiceAccount:attach-to-serviceaccount",
+     {"steps": ["PatchMetadata:set-labels", "EditServiceAccount:attach-to-serviceaccount",
                 "WriteStatus"]}),
     ("service-account-missing", observed(dockertoken(settled(), serviceAccounts=["later"]),
                                          ret_secret=secret(), service_accounts={"later": None}),
-     {"steps": ["PatchMetadata:set-claim-labels", "WriteStatus"], "result": "ready"}),
+     {"steps": ["PatchMetadata:set-labels", "WriteStatus"], "result": "ready"}),
     # failures recorded before any Quay call
     ("invalid-configuration", observed(dockertoken(title="")),
      {"steps": ["WriteStatus"], "result": "failed", "reason": "InvalidConfiguration"}),
@@ -142,18 +142,21 @@ ROWS = [
      {"token": "Acquire"}),
     # deletion
     ("deletion-with-token", observed(dockertoken(settled(), deleting=True), ret_secret=secret()),
-     {"steps": ["Revoke:revoke-token", "DeleteSecret:delete-secret", "RemoveFinalizer:remove-finalizer"],
-      "result": "finalized"}),
+     {"steps": ["Revoke:revoke-token", "WriteStatus", "ReleaseConnection", "DeleteSecret:delete-secret",
+                "RemoveFinalizer:remove-finalizer"], "result": "finalized"}),
     ("deletion-preserve", observed(dockertoken(settled(), deleting=True, preserveInQuayOnDeletion=True),
                                    ret_secret=secret()),
-     {"steps": ["DeleteSecret:delete-secret", "RemoveFinalizer:remove-finalizer"], "result": "finalized"}),
+     {"steps": ["ReleaseConnection", "DeleteSecret:delete-secret", "RemoveFinalizer:remove-finalizer"],
+      "result": "finalized"}),
     ("deletion-never-made-a-token", observed(dockertoken(deleting=True), conn_error=PermanentError("gone")),
-     {"steps": ["RemoveFinalizer:remove-finalizer"], "result": "finalized"}),
+     {"steps": ["ReleaseConnection", "RemoveFinalizer:remove-finalizer"], "result": "finalized"}),
     ("deletion-old-operator-object", observed(dockertoken({"existInQuay": True}, deleting=True)),
-     {"steps": ["RevokeByTitle", "RemoveFinalizer:remove-finalizer"], "result": "finalized"}),
+     {"steps": ["RevokeByTitle", "WriteStatus", "ReleaseConnection", "RemoveFinalizer:remove-finalizer"],
+      "result": "finalized"}),
     ("deletion-during-creation", observed(dockertoken(
         {"creation": {"id": "x", "title": "mytoken", "since": at(0)}}, deleting=True)),
-     {"steps": ["WaitForCreator", "RevokeByTitle", "RemoveFinalizer:remove-finalizer"]}),
+     {"steps": ["WaitForCreator", "RevokeByTitle", "WriteStatus", "ReleaseConnection",
+                "RemoveFinalizer:remove-finalizer"]}),
     ("deletion-cleanup-blocked", observed(dockertoken(settled(), deleting=True), conn_error=PermanentError(
         "connSecretRef: conn: secret not found").with_reason(conditions.SECRET_NOT_FOUND)),
      {"steps": ["WriteStatus"], "result": "blocked", "reason": "CleanupBlocked"}),
@@ -230,8 +233,11 @@ def test_deletion_with_a_token_revokes_uuid_and_pending_then_detaches() -> None:
                       serviceAccounts=["builder"])
     ob = observed(obj, ret_secret=secret(), service_accounts={"builder": {
         "metadata": {"resourceVersion": "3"}, "imagePullSecrets": [{"name": "mirror"}, {"name": PULL}]}})
-    revoke, detach, delete, remove = decide.plan(ob).steps
+    revoke, forget, release, detach, delete, remove = decide.plan(ob).steps
     assert revoke == steps.Revoke(("u1", "u0"), "revoke-token")
+    # nothing left in Quay, said before the connection Secret is released
+    assert isinstance(forget, steps.WriteStatus) and forget.status.uuid == "" and not forget.status.exist_in_quay
+    assert release == steps.ReleaseConnection(Ref("ns", "conn"))
     assert detach == steps.EditServiceAccount("ns", "builder", ({"name": "mirror"},), "3",
                                                "detach-from-serviceaccount")
     assert delete == steps.DeleteSecret(Ref("ns", PULL), "secret-uid")
@@ -389,8 +395,12 @@ def test_on_error_frees_our_lease_and_blocks_a_deletion() -> None:
     blocked = decide.on_error(observed(), gone, gone.steps[0], Status(), QuayAuthError("401"), lease_held=False)
     assert blocked is not None and blocked.report.result == "blocked"
     assert blocked.report.reason == "CleanupBlocked" and FINALIZER in blocked.report.message
-    meta = steps.PatchMetadata(None, {"a": "true"}, "set-claim-labels")
-    assert decide.on_error(observed(), plan, meta, Status(), PermanentError("422"), lease_held=False) is None
+    meta = steps.PatchMetadata(None, {"a": "true"}, "set-labels")
+    refused = decide.on_error(observed(), plan, meta, Status(), PermanentError("422"), lease_held=False)
+    assert refused is not None and refused.report.reason == "Failed"  # any phase's refusal is recorded
+    failing = decide.plan(observed(conn_error=QuayAuthError("401")))
+    assert decide.on_error(observed(), failing, failing.steps[-1], Status(), PermanentError("422"),
+                           lease_held=False) is None  # the failure's own write: nothing more to record
 
 
 def test_by_title_spares_tokens_others_track() -> None:
