@@ -21,7 +21,7 @@ from function.model import DockerToken, Status, Token
 from function.result import Report, Tally
 
 if TYPE_CHECKING:
-    from function.quay import CredentialCheck, QuayClient, RegistryChallenge
+    from function.quay import QuayClient
 
 logger = logging.getLogger(__name__)
 
@@ -33,51 +33,6 @@ def quay_client(conn: Connection) -> QuayClient:
     from function.quay import QuayClient
 
     return QuayClient(conn)
-
-
-class _Quay:
-    """The pass's Quay client, opened on its first call: a pass that needs none opens none."""
-
-    def __init__(self, factory: QuayFactory, conn: Connection | None) -> None:
-        self._factory, self._conn = factory, conn
-        self._client: QuayClient | None = None
-
-    @property
-    def client(self) -> QuayClient:
-        if self._client is None:
-            assert self._conn is not None
-            self._client = self._factory(self._conn).__enter__()
-        return self._client
-
-    def list_tokens(self) -> list[Token]:
-        return self.client.list_tokens()
-
-    def get_token(self, uuid: str) -> Token:
-        return self.client.get_token(uuid)
-
-    def create_token(self, title: str) -> Token:
-        return self.client.create_token(title)
-
-    def revoke_token(self, uuid: str) -> None:
-        self.client.revoke_token(uuid)
-
-    def registry_challenge(self) -> RegistryChallenge | None:
-        return self.client.registry_challenge()
-
-    def check_credential(self, realm: str, service: str | None, code: str) -> CredentialCheck:
-        return self.client.check_credential(realm, service, code)
-
-    def close(self) -> int:
-        """Sign out; the calls made."""
-        if self._client is None:
-            return 0
-        calls, client, self._client = self._client.calls, self._client, None
-        try:
-            client.__exit__(None, None, None)
-        # signing out is a courtesy; the session expires on its own
-        except Exception:
-            logger.debug("quay sign-out failed", exc_info=True)
-        return calls
 
 
 class Pass:
@@ -94,9 +49,18 @@ class Pass:
         self.events: list[kevents.Transition] = list(plan.events)
         self.actions: list[str] = []
         self.reporting_instance = reporting_instance
-        self.quay = _Quay(quay_factory, observed.conn)
-        self.creator = creation.Creator(kube, self.quay, cache, observed.conn, act=self.actions.append,
-                                        stored=self._stored, revoke=self._revoke)
+        self._factory = quay_factory
+        self._client: QuayClient | None = None
+        self.creator = creation.Creator(kube, lambda: self.quay, cache, observed.conn,
+                                        act=self.actions.append, stored=self._stored, revoke=self._revoke)
+
+    @property
+    def quay(self) -> QuayClient:
+        """The pass's Quay client, opened on its first call: a pass that needs none opens none."""
+        if self._client is None:
+            assert self.ob.conn is not None
+            self._client = self._factory(self.ob.conn).__enter__()
+        return self._client
 
     def run(self) -> Report:
         try:
@@ -106,7 +70,16 @@ class Pass:
             self._record_events()
 
     def close(self) -> Tally:
-        return Tally(tuple(self.actions), self.quay.close(), self.kube.writes, self.creator.claims_read)
+        """Sign out of Quay; what the pass did."""
+        client, self._client, calls = self._client, None, 0
+        if client is not None:
+            calls = client.calls
+            try:
+                client.__exit__(None, None, None)
+            # signing out is a courtesy; the session expires on its own
+            except Exception:
+                logger.debug("quay sign-out failed", exc_info=True)
+        return Tally(tuple(self.actions), calls, self.kube.writes, self.creator.claims_read)
 
     def _perform_all(self, steps: Iterable[steps.Step]) -> None:
         for step in steps:

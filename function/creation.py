@@ -100,10 +100,11 @@ class Created:
 
 
 class Creator:
-    """One pass's side of the protocol; ``act`` logs actions, ``stored`` hears every status
-    this protocol writes (and whether the lease is then held), ``revoke`` revokes tokens."""
+    """One pass's side of the protocol. ``quay`` gives the pass's Quay client (opened on first
+    use), ``act`` logs actions, ``stored`` hears every status this protocol writes (and whether
+    the lease is then held), ``revoke`` revokes tokens."""
 
-    def __init__(self, api: Api, quay: Tokens, cache: TokenCache, conn: Connection | None, *,
+    def __init__(self, api: Api, quay: Callable[[], Tokens], cache: TokenCache, conn: Connection | None, *,
                  act: Callable[[str], None], stored: Callable[[Status, bool], None],
                  revoke: Callable[[Iterable[str], str], None],
                  clock: Callable[[], float] = time.monotonic,
@@ -119,7 +120,7 @@ class Creator:
         """The connection's token list, shared by the passes of this process (see cache.py)."""
         def fetch() -> list[Token]:
             self._act("list-tokens")
-            return self.quay.list_tokens()
+            return self.quay().list_tokens()
 
         return self.cache.get(self._key, fetch, wave=wave, fresh=fresh)
 
@@ -232,7 +233,7 @@ class Creator:
         if pick is None:
             return None
         try:
-            token = with_code(self.quay.get_token(pick.uuid))
+            token = with_code(self.quay().get_token(pick.uuid))
         # gone between list and get: create instead
         except QuayNotFound:
             self.forget(pick.uuid)
@@ -245,12 +246,12 @@ class Creator:
         adopts or creates this title meanwhile, so what appears is ours."""
         assert self.conn is not None
         try:
-            token = with_code(self.quay.create_token(title))
+            token = with_code(self.quay().create_token(title))
         except QuayTransient:
             self.cache.invalidate(self._key)  # Quay may have made it all the same
             self._sleep(min(self.conn.timeout, LOST_POST_GRACE_SECONDS))
             try:
-                lost = self._adopt(claims.pick_adoptable(self.quay.list_tokens(), title=title,
+                lost = self._adopt(claims.pick_adoptable(self.quay().list_tokens(), title=title,
                                                          claimed=claimed, now=now), "adopt-lost-token")
             # Quay still failing: the next delivery adopts the token if there is one
             except QuayError:

@@ -134,7 +134,7 @@ class World:
         self.revoked: list[str] = []
         self.cache = TokenListCache(clock=self.clock)
         self.creator = creation.Creator(
-            api, quay, self.cache, CONN, act=self.actions.append,
+            api, lambda: quay, self.cache, CONN, act=self.actions.append,
             stored=lambda st, held: self.stored.append((st, held)), revoke=self._revoke,
             clock=self.clock, sleep=self.clock.elapse, new_id=lambda: "lease-1")
 
