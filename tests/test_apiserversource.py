@@ -10,6 +10,7 @@ Deployment, are the controller's. The adapter then runs with that Deployment's e
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -99,6 +100,40 @@ def test_a_new_namespace_rewrites_the_adapter_deployment(shipped: ShippedSource,
         lambda: str(AdapterPod.of(shipped.deployment() or before).source_config()["namespaces"]))
     assert after["metadata"]["generation"] > before["metadata"]["generation"]
     assert after["spec"]["template"] != before["spec"]["template"]
+
+
+def test_with_a_namespace_selector_only_matching_namespaces_rewrite_it(shipped: ShippedSource,
+                                                                      admin_api: Any) -> None:
+    """docs/deploy.md's way out: with a namespaceSelector that new namespaces do not match, a new
+    namespace leaves the adapter Deployment alone; a labelled one is added to it."""
+    ctl, cp = shipped.ctl, shipped.ctl.cp
+    label = {"quay.herve4m.github.io/dockertokens": "enabled"}
+    source = copy.deepcopy(shipped.source)
+    source["metadata"]["name"] = name = "dockertoken-source-selected"
+    source["spec"]["namespaceSelector"] = {"matchLabels": label}
+    kubectl_apply(cp, [source])
+    core: Any = client.CoreV1Api(admin_api)
+    try:
+        first = ctl.wait("the adapter Deployment", lambda: adapter_deployment(cp, get_source(cp, shipped.namespace, name)),
+                         lambda: describe(get_source(cp, shipped.namespace, name)))
+        offset = len(ctl.log.read_text())
+        core.create_namespace({"metadata": {"name": f"plain-{uuid.uuid4().hex[:8]}"}})
+        # the controller has handled that namespace: a global resync, then a reconcile of this source
+        key = f'"knative.dev/key":"{shipped.namespace}/{name}"'
+        ctl.wait("the reconcile after the new namespace", lambda: re.search(
+            r"Global resync of APIServerSources due to namespaces changing\..*Reconcile succeeded[^\n]*"
+            + re.escape(key), ctl.log.read_text()[offset:], re.S), lambda: "")
+        unchanged = adapter_deployment(cp, get_source(cp, shipped.namespace, name))
+        assert unchanged and unchanged["metadata"]["generation"] == first["metadata"]["generation"]
+        labelled = f"labelled-{uuid.uuid4().hex[:8]}"
+        core.create_namespace({"metadata": {"name": labelled, "labels": label}})
+        after = ctl.wait("the labelled namespace in the adapter's config", lambda: (
+            d := adapter_deployment(cp, get_source(cp, shipped.namespace, name))) and labelled in
+            AdapterPod.of(d).source_config()["namespaces"] and d, lambda: "")
+        assert after["metadata"]["generation"] > first["metadata"]["generation"]
+        assert AdapterPod.of(after).source_config()["allNamespaces"] is False
+    finally:
+        delete_source(ctl, shipped.namespace, name)
 
 
 def _source_role(objects: list[dict[str, Any]], account: str) -> dict[str, Any]:

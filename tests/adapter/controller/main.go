@@ -8,7 +8,7 @@
 // no health probe server (the stock one binds :8080 on every interface), and only the
 // filtered-informer selectors this reconciler reads (auth.OIDCLabelSelector and
 // eventingtls.TrustBundleLabelSelector; without them the informers panic "Unable to fetch
-// labelkey"). The process is started with --disable-ha and PROFILING_PORT=0 (tests/controller_proc.py).
+// labelkey"). The process is started with --disable-ha and PROFILING_PORT=0 (tests/eventing_controller.py).
 package main
 
 import (
