@@ -37,6 +37,7 @@ def running_adapter(cp: ControlPlane, fn: FunctionProcess, pod: AdapterPod) -> I
     binary = subprocess.run([str(ROOT / "scripts" / "build-controlplane"), "--adapter"], check=True,
                             stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
     assert pod.service_account in cp.kubeconfigs, f"no identity for ServiceAccount {pod.service_account}"
+    assert pod.env.get("K_SINK", "").rstrip("/") == fn.url, f"the adapter sends to {pod.env.get('K_SINK')}"
     env = {
         "PATH": os.environ.get("PATH", ""),
         "KUBECONFIG": str(cp.kubeconfigs[pod.service_account]),

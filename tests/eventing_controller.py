@@ -215,21 +215,20 @@ class ShippedSource:
     """knative/base's ApiServerSource in the cluster while its ``with`` block runs."""
 
     ctl: EventingController
-    objects: list[dict[str, Any]]
-    source: dict[str, Any]          # as shipped
-    service: dict[str, Any]         # its sink, as shipped
-    before_address: dict[str, Any]  # its status while the Service had no address
+    objects: list[dict[str, Any]]   # the whole build
+    source: dict[str, Any]          # the ApiServerSource, as shipped
+    before_address: dict[str, Any]  # it, reconciled while the Service had no address
 
     @property
     def namespace(self) -> str:
         return str(self.source["metadata"]["namespace"])
 
-    def current(self, name: str | None = None) -> dict[str, Any] | None:
-        return get_source(self.ctl.cp, self.namespace, name or self.source["metadata"]["name"])
+    def current(self) -> dict[str, Any] | None:
+        return get_source(self.ctl.cp, self.namespace, self.source["metadata"]["name"])
 
-    def deployment(self, name: str | None = None) -> dict[str, Any] | None:
+    def deployment(self) -> dict[str, Any] | None:
         """The adapter Deployment the controller made for the source (by owner), if any."""
-        return adapter_deployment(self.ctl.cp, self.current(name))
+        return adapter_deployment(self.ctl.cp, self.current())
 
 
 def get_source(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
@@ -290,7 +289,7 @@ def shipped_source(ctl: EventingController, sink_url: str) -> Iterator[ShippedSo
     custom = client.CustomObjectsApi(cp.api_client())
     kubectl_apply(cp, [*rbac, service, source])
     try:
-        state = ShippedSource(ctl, objects, source, service, {})
+        state = ShippedSource(ctl, objects, source, {})
         ctl.wait("the controller to resolve the sink", lambda: reconciled(state.current(), "SinkProvided"),
                  lambda: describe(state.current()))
         state.before_address = state.current() or {}
