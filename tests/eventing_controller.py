@@ -4,7 +4,7 @@ control plane.
 The controller is eventing's own ApiServerSource reconciler at the release the adapter comes from
 (v0.49.2 = knative-v1.22.2; ``tests/adapter/controller``, built by ``scripts/build-controlplane``),
 run as a plain process with the admin identity (in a cluster, eventing-controller's ServiceAccount
-holds as broad rights). It gets what a Knative install gives it: the ``knative-eventing``
+holds rights as broad). It gets what a Knative install gives it: the ``knative-eventing``
 namespace, the ApiServerSource CRD, Serving's Service CRD (``tests/data/knative-schemas``) and
 Eventing's ConfigMaps ``config-features``, ``config-logging`` and ``config-observability``
 (``tests/data/knative-eventing-config``). Nothing else of Knative runs here: no Serving controller
@@ -77,10 +77,8 @@ class EventingController:
         self.cp = cp
         self.log = Path(tempfile.mkstemp(prefix="qdt-eventing-controller-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
-        self.startup_seconds = 0.0
 
     def __enter__(self) -> EventingController:
-        started = time.monotonic()
         _install_knative(self.cp)
         binary = subprocess.run([str(ROOT / "scripts" / "build-controlplane"), "--controller"],
                                 check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
@@ -109,7 +107,6 @@ class EventingController:
         except BaseException:
             self.stop()
             raise
-        self.startup_seconds = time.monotonic() - started
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,6 +26,7 @@ from tests.eventing_controller import (
     EventingController,
     ShippedSource,
     adapter_deployment,
+    conditions,
     delete_source,
     describe,
     get_source,
@@ -51,13 +52,11 @@ def test_the_shipped_source_becomes_ready(shipped: ShippedSource) -> None:
     """SinkProvided waits for the Service's address (Serving's status, written by the test); then
     the controller's access check passes, it makes the adapter Deployment and, once that is
     Available (the kubelet's status, written by the test), the source is Ready."""
-    before = shipped.before_address
-    sink = before["status"]["conditions"]
-    assert {c["type"]: (c["status"], c.get("reason")) for c in sink}["SinkProvided"] == ("False", "NotFound"), \
-        describe(before)
+    sink = conditions(shipped.before_address)["SinkProvided"]
+    assert (sink["status"], sink.get("reason")) == ("False", "NotFound"), describe(shipped.before_address)
     source = shipped.current()
     assert source is not None
-    got = {t: c["status"] for t, c in {c["type"]: c for c in source["status"]["conditions"]}.items()}
+    got = {t: c["status"] for t, c in conditions(source).items()}
     wanted = {"SinkProvided": "True", "SufficientPermissions": "True", "Deployed": "True", "Ready": "True"}
     assert {t: got.get(t) for t in wanted} == wanted, describe(source)
     assert source["status"]["sinkUri"] == ADDRESS
@@ -178,7 +177,7 @@ def test_a_missing_verb_is_named_by_the_controller(shipped: ShippedSource, verb:
             for ns in current["status"]["namespaces"])
         assert (cond["status"], cond.get("message")) == ("False", expected)
         assert len(current["status"]["namespaces"]) > 1
-        assert {c["type"]: c["status"] for c in current["status"]["conditions"]}["Ready"] == "False"
+        assert conditions(current)["Ready"]["status"] == "False"
         assert adapter_deployment(cp, current) is None
     finally:
         delete_source(ctl, shipped.namespace, name)
