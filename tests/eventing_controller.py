@@ -270,30 +270,30 @@ def kubectl_apply(cp: ControlPlane, objs: list[dict[str, Any]]) -> None:
 
 @contextmanager
 def shipped_source(ctl: EventingController, sink_url: str) -> Iterator[ShippedSource]:
-    """Apply knative/base's ApiServerSource, its sink and the RBAC, as ``kubectl apply -k`` would,
-    and see them through the real controller to Ready. Two statuses are written by this function,
-    as nothing here can write them: Serving's (the Service's address, set to ``sink_url``: where
-    the function listens) and the kubelet's (the adapter Deployment Available). On exit the
+    """Apply knative/base's ApiServerSource, its Knative Service and the RBAC, as ``kubectl apply -k``
+    would, and see them through the real controller to Ready. Two statuses are written by this
+    function, as nothing here can write them: Serving's (the Service's address, set to
+    ``sink_url``: where the function listens) and the kubelet's (the adapter Deployment Available). On exit the
     source and what was made for it are deleted again."""
     cp = ctl.cp
     objects = knative_build()
     (source,) = [o for o in objects if o["kind"] == "ApiServerSource"]
-    ref = source["spec"]["sink"]["ref"]
-    (service,) = [o for o in objects if o["kind"] == ref["kind"] and o["apiVersion"] == ref["apiVersion"]
-                  and o["metadata"]["name"] == ref["name"]]
+    # the build's Knative Services: the source's sink should be one of them
+    services = [o for o in objects if o["kind"] == "Service" and o["apiVersion"] == "/".join(SERVICES[:2])]
     rbac = [o for o in objects if o["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
     ns, name = source["metadata"]["namespace"], source["metadata"]["name"]
-    custom = client.CustomObjectsApi(cp.api_client())
-    kubectl_apply(cp, [*rbac, service, source])
+    custom: Any = client.CustomObjectsApi(cp.api_client())
+    kubectl_apply(cp, [*rbac, *services, source])
     try:
         state = ShippedSource(ctl, objects, source, {})
         ctl.wait("the controller to resolve the sink", lambda: reconciled(state.current(), "SinkProvided"),
                  lambda: describe(state.current()))
         state.before_address = state.current() or {}
-        # Serving's part: the Service's address (what its controller publishes once it is Ready).
-        custom.patch_namespaced_custom_object_status(*SERVICES[:2], service["metadata"]["namespace"],
-                                                     SERVICES[2], ref["name"],
-                                                     {"status": {"address": {"url": sink_url}}})
+        # Serving's part: the Services' address (what its controller publishes once they are Ready).
+        for service in services:
+            custom.patch_namespaced_custom_object_status(
+                *SERVICES[:2], service["metadata"]["namespace"], SERVICES[2], service["metadata"]["name"],
+                {"status": {"address": {"url": sink_url}}})
         deployment = ctl.wait("the adapter Deployment", state.deployment, lambda: describe(state.current()))
         mark_available(cp, deployment)  # the kubelet's part
         ctl.wait("the ApiServerSource to be Ready",
@@ -302,8 +302,9 @@ def shipped_source(ctl: EventingController, sink_url: str) -> Iterator[ShippedSo
         yield state
     finally:
         delete_source(ctl, ns, name)
-        _delete(lambda: custom.delete_namespaced_custom_object(*SERVICES[:2], service["metadata"]["namespace"],
-                                                               SERVICES[2], ref["name"]))
+        for service in services:
+            _delete(functools.partial(custom.delete_namespaced_custom_object, *SERVICES[:2],
+                                      service["metadata"]["namespace"], SERVICES[2], service["metadata"]["name"]))
 
 
 def mark_available(cp: ControlPlane, deployment: dict[str, Any]) -> None:
