@@ -9,6 +9,7 @@ with no write and the object falls silent, as tests/test_convergence.py demands 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -19,9 +20,11 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests import waiting
 from tests.adapter_proc import running_adapter
 from tests.controlplane import KNATIVE, ControlPlane
 from tests.env import Env, wait_for
+from tests.eventing_controller import AdapterPod
 from tests.harness import FunctionProcess
 from tests.quaysim import QuaySimulator
 
@@ -66,12 +69,16 @@ def _deliveries(fn: FunctionProcess, namespace: str) -> list[dict[str, Any]]:
 
 
 def test_a_403_on_the_connection_secret_is_recorded_and_falls_silent(
-        control_plane: ControlPlane, limited_fn: FunctionProcess, quay: QuaySimulator) -> None:
+        control_plane: ControlPlane, limited_fn: FunctionProcess, quay: QuaySimulator,
+        adapter_pod: AdapterPod) -> None:
     core: Any = client.CoreV1Api(control_plane.api_client())
     ns = f"forbidden-{uuid.uuid4().hex[:10]}"
     core.create_namespace({"metadata": {"name": ns}})
     env = Env(control_plane, ns, quay, limited_fn)
-    with running_adapter(control_plane, limited_fn):
+    # The Deployment the controller generated, its sink pointed at this test's function process
+    # (the Service's address is what Serving would publish; here a second process stands in).
+    pod = dataclasses.replace(adapter_pod, env={**adapter_pod.env, "K_SINK": limited_fn.url})
+    with running_adapter(control_plane, limited_fn, pod):
         env.conn_secret()
         env.dockertoken()
         wait_for(lambda: env.ready().get("status") == "False", what="Ready=False")
@@ -80,8 +87,8 @@ def test_a_403_on_the_connection_secret_is_recorded_and_falls_silent(
         while time.monotonic() - quiet < 2:
             if len(_deliveries(limited_fn, ns)) != seen:
                 seen, quiet = len(_deliveries(limited_fn, ns)), time.monotonic()
-            time.sleep(0.1)
-        time.sleep(WINDOW)
+            waiting.pause(0.1)
+        time.sleep(WINDOW)  # an observation window: what may happen in it is measured, nothing awaited
         after = _deliveries(limited_fn, ns)
     ready = env.ready()
     message = ready["message"]

@@ -36,8 +36,8 @@ OBJECTS = 3
 
 
 @pytest.fixture(scope="module")
-def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
-    with running_adapter(control_plane, function_proc) as log:
+def adapter(control_plane: ControlPlane, function_proc: FunctionProcess, adapter_pod: Any) -> Iterator[Path]:
+    with running_adapter(control_plane, function_proc, adapter_pod) as log:
         yield log
 
 
