@@ -195,7 +195,9 @@ def test_a_trickling_host_gets_its_event_answered_within_the_cap(env: Env) -> No
         env.conn_secret("slow-quay", host=host.url, token=ADMIN_TOKEN, timeout="1e9")
         env.dockertoken("slow", ret="slow-pull", connSecretRef={"name": "slow-quay"})
         started = time.monotonic()
-        answer = env.send("add", "slow")
+        # the sender waits longer than the cap (the Service's timeoutSeconds is 120)
+        answer = harness.post(env.fn.url, harness.apiserver_event("add", env.get("slow") or {}),
+                              timeout=120)
         held = time.monotonic() - started
     print(f"\ntrickling host: event answered {answer.status_code} after {held:.1f} s; "
           f"usual time to Ready {usual * 1000:.0f} ms")
