@@ -30,7 +30,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -61,8 +61,10 @@ logger = logging.getLogger(__name__)
 TOKENS_PATH = "/api/v1/user/apptoken"
 # Not a browser User-Agent: Quay refuses those on GET without X-Requested-With (077).
 USER_AGENT = "quay-dockertoken/0.1"
-# How much of a body a message may quote.
+# How much of a body a message may quote: of Quay's JSON error text, and of anything else.
 EXCERPT = 200
+FOREIGN_EXCERPT = 80
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 # A tenant chooses the host, and so how (and how slowly) it answers. Every request ends by a
 # wall-clock deadline: the connection's timeout (10 s by default, capped at 60 s: connection.py)
 # for connect, send and every read together, and all requests of one reconcile pass by
@@ -256,7 +258,8 @@ class QuayClient:
                 self._raise_for_status(response, "GET", where.removeprefix("GET "))
             except QuayError as error:
                 raise self._scrubbed(error, code, basic) from None
-        answer = self._scrub_text(_registry_message(response), code, basic)
+        answer = self._scrub_text(_registry_message(
+            response, lambda text: self._scrub_text(text, code, basic)), code, basic)
         if status == 200 and _has_registry_token(response):
             return CredentialCheck(True, f"{where}: the registry accepted the token (200)")
         if status == 200:
@@ -457,7 +460,7 @@ class QuayClient:
             raise self._scrubbed(QuayUnexpectedResponse(
                 f"{method} {path}: Quay answered {response.status_code} without a JSON object "
                 f"({response.headers.get('Content-Type', 'no Content-Type')}): "
-                f"{_excerpt(response.text)}"
+                f"{_foreign(self._scrub_text(response.text))}"
             ))
         return body
 
@@ -481,8 +484,8 @@ class QuayClient:
                     return _excerpt(value)
         title = re.search(r"<title>(.*?)</title>", response.text, re.IGNORECASE | re.DOTALL)
         if title is not None:
-            return f"an HTML page titled {_excerpt(title[1])!r}"
-        return _excerpt(response.text) or "empty body"
+            return f"an HTML page titled {_foreign(self._scrub_text(title[1]))!r}"
+        return _foreign(self._scrub_text(response.text)) or "empty body"
 
     def _who(self) -> str:
         if self._uses_session:
@@ -658,7 +661,7 @@ def _host_port(netloc: str, scheme: str) -> tuple[str, int]:
         return "", 0
 
 
-def _registry_message(response: httpx.Response) -> str:
+def _registry_message(response: httpx.Response, scrub: Callable[[str], str]) -> str:
     """The registry's error text: ``errors[0]`` code and message (097), else an excerpt."""
     try:
         body = response.json()
@@ -675,7 +678,7 @@ def _registry_message(response: httpx.Response) -> str:
             value = body.get(key)
             if isinstance(value, str) and value:
                 return _excerpt(value)
-    return _excerpt(response.text) or "empty body"
+    return _foreign(scrub(response.text)) or "empty body"
 
 
 def _has_registry_token(response: httpx.Response) -> bool:
@@ -721,6 +724,15 @@ def _field(response: httpx.Response, key: str) -> object:
 def _error_type(response: httpx.Response) -> str | None:
     value = _field(response, "error_type")
     return value if isinstance(value, str) else None
+
+
+def _foreign(text: str) -> str:
+    """A body that is not Quay's JSON: the host may be anything a tenant points at (an internal
+    service, a metadata endpoint), and status is read by others, so quote a short excerpt of
+    printable ASCII only (FOREIGN_EXCERPT characters), enough to recognise the page. Callers
+    scrub credentials first (a cut inside one would leave a piece no exact match finds)."""
+    flat = " ".join(_UNPRINTABLE.sub("?", text).split())
+    return flat if len(flat) <= FOREIGN_EXCERPT else flat[:FOREIGN_EXCERPT] + "..."
 
 
 def _excerpt(text: str) -> str:

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests import harness, senders
 from tests.controlplane import ROOT, SA_NAMESPACE, ControlPlane
-from tests.env import G, P, V, Env, wait_for
+from tests.env import Env, G, P, V, wait_for
 from tests.hostile_host import HostileHost
 from tests.quaysim import ADMIN_TOKEN
 
@@ -84,7 +84,7 @@ def test_the_crd_refuses_a_path_in_any_name_field(env: Env, field: str) -> None:
         with pytest.raises(ApiException) as caught:
             env.custom.create_namespaced_custom_object(G, V, env.ns, P, body)
         assert caught.value.status == 422, (field, value)
-        assert f"spec.{field.replace('[0]', '[0]')}" in caught.value.body, caught.value.body
+        assert f"spec.{field}" in str(caught.value.body), caught.value.body
         refused.append(value)
     assert len(refused) >= len(HOSTILE) - 1
 
@@ -137,7 +137,7 @@ def test_a_stored_traversal_is_refused_before_any_read_of_the_other_namespace(en
                                                "stringData": {"x": "y"}})
     env.core.create_namespaced_service_account(team_b, {"metadata": {"name": "builder"}})
     env.conn_secret()
-    cases = {
+    cases: dict[str, tuple[str, dict[str, Any]]] = {
         "conn": ("spec.connSecretRef.name", {"connSecretRef": {"name": f"../../{team_b}/secrets/quay-admin"}}),
         "conn-encoded": ("spec.connSecretRef.name",
                          {"connSecretRef": {"name": f"%2e%2e/%2e%2e/{team_b}/secrets/quay-admin"}}),
