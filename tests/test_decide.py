@@ -143,3 +143,30 @@ def test_a_renew_before_the_schema_would_refuse_is_a_failure_naming_the_field() 
     failure = decide.plan(observed).failure
     assert failure is not None and failure.reason == "InvalidConfiguration"
     assert "spec.renewBefore" in failure.message and '"48h"' in failure.message
+
+
+def test_only_the_secret_this_object_attached_is_ever_detached() -> None:
+    """Issue 18: spec.retSecretRef.name now names someone else's Secret (the pass fails with
+    ReturnSecretConflict), and the object is deleted: the ServiceAccount loses only the Secret
+    this object wrote and attached (status.retSecret), never the one spec names now."""
+    obj = {"metadata": {"namespace": "ns", "name": "dt", "uid": "uid-1", "generation": 2,
+                        "deletionTimestamp": "2026-11-26T11:00:00Z",
+                        "finalizers": ["quay.herve4m.github.io/finalizer"]},
+           "spec": {"connSecretRef": {"name": "conn"}, "name": "mytoken",
+                    "retSecretRef": {"name": "team-registry"}, "serviceAccounts": ["builder"],
+                    "preserveInQuayOnDeletion": True},
+           "status": {"retSecret": {"namespace": "ns", "name": "pull"}, "serviceAccounts": ["builder"]}}
+    builder = {"metadata": {"resourceVersion": "7"},
+               "imagePullSecrets": [{"name": "team-registry"}, {"name": "pull"}]}
+    dt = DockerToken.from_object(obj)
+    for deleting in (True, False):
+        if not deleting:  # the same when builder is dropped from the list (not a deletion)
+            obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "deletionTimestamp"},
+                   "spec": {**obj["spec"], "serviceAccounts": []}}
+            dt = DockerToken.from_object(obj)
+        keep = () if deleting else dt.service_accounts  # as decide.plan asks
+        edits, _ = decide.service_account_edits(dt, {"builder": builder}, keep=keep)
+        (edit,) = edits
+        assert (edit.name, edit.attach, list(edit.pull_secrets)) == ("builder", False, [{"name": "team-registry"}])
+    never_wrote = DockerToken.from_object({**obj, "status": {"serviceAccounts": ["builder"]}})
+    assert decide.service_account_edits(never_wrote, {"builder": builder}, keep=()) == ((), ())
