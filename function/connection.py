@@ -45,6 +45,15 @@ class Connection:
     timeout: float = DEFAULT_TIMEOUT
 
     @property
+    def account(self) -> str:
+        """Which Quay account this is, as far as the settings tell (host and OAuth token, or host
+        and username; never the password): a one-way hash that may be written to status.
+        Creation leases of other accounts never make ours wait (decide.yields_to/waits_for)."""
+        who = self.token or f"user:{self.username}"
+        raw = f"quay-dockertoken/account/v1\x00{self.base_url}\x00{who}".encode()
+        return hashlib.sha256(raw).hexdigest()[:24]
+
+    @property
     def fingerprint(self) -> str:
         """A stable in-memory cache key for these settings; a one-way hash, never the values.
 

@@ -84,6 +84,7 @@ class Creation:
     id: str
     title: str
     since: str  # RFC 3339, from the reconciler's clock
+    account: str = ""  # Connection.account of the holder ("" for leases written before it existed)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Status:
             pending_revocation=tuple(raw.get("pendingRevocation") or ()),
             creation=(
                 Creation(str(creation.get("id", "")), str(creation.get("title", "")),
-                         str(creation.get("since", "")))
+                         str(creation.get("since", "")), str(creation.get("account") or ""))
                 if isinstance(creation, Mapping) and creation.get("id")
                 else None
             ),
