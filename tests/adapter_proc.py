@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,7 +79,7 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
     except ApiException as exc:
         if exc.status != 409:
             raise
-    prefix = f"sentinel-{os.getpid()}-{len(fn.logs())}"
+    prefix = f"sentinel-{uuid.uuid4().hex[:10]}"  # unique across adapters and function processes
     for attempt in range(30):
         assert proc.poll() is None, log.read_text()
         name = f"{prefix}-{attempt}"

@@ -117,3 +117,16 @@ def test_a_reply_about_another_object_is_refused(answer: dict[str, Any]) -> None
     ok = Kube(httpx.Client(base_url="https://api", transport=httpx.MockTransport(
         lambda request: httpx.Response(200, json=right))))
     assert ok.get_secret("team-a", "quay-admin") == right
+
+
+@pytest.mark.parametrize("value", ["../../team-b/quay-admin", "team-a/../x", "team-a/a/b", "/x",
+                                   "team-a/", "Team-A/x", "team-a/%2e%2e"])
+def test_the_connection_registration_annotation_is_never_a_path(value: str) -> None:
+    """The in-use registration (protection.py) is an annotation anyone who edits the object can
+    change: only namespace/name of Kubernetes names counts."""
+    from function import protection
+
+    obj = {"metadata": {"annotations": {protection.CONNECTION_ANNOTATION: value}}}
+    assert protection.registered(obj) is None
+    ok = {"metadata": {"annotations": {protection.CONNECTION_ANNOTATION: "team-a/quay-credentials"}}}
+    assert protection.registered(ok) is not None
