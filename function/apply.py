@@ -369,8 +369,11 @@ class Apply:
         lease = decide.lease_state(dt.status.creation, self.now)
         if lease is decide.Lease.FRESH:
             self._wait_for_other_creator()
-        creation = Creation(id=uuid.uuid4().hex, title=dt.title, since=decide.rfc3339(self.now))
-        body = {"creation": {"id": creation.id, "title": creation.title, "since": creation.since}}
+        assert self.ob.conn is not None
+        creation = Creation(id=uuid.uuid4().hex, title=dt.title, since=decide.rfc3339(self.now),
+                            account=self.ob.conn.account)
+        body = {"creation": {"id": creation.id, "title": creation.title, "since": creation.since,
+                             "account": creation.account}}
         obj = self.kube.patch_status(dt.namespace, dt.name, body, dt.resource_version)
         if not obj:
             raise Restart

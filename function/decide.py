@@ -231,7 +231,8 @@ def fresh_list_needed(status: Status, now: datetime.datetime) -> bool:
 def claim_label(registry: str, title: str) -> str:
     """The label of the objects that may claim tokens titled ``title`` on this Quay (hashed: no
     title in clear). The Quay account is not in it (with an OAuth token only another Quay call
-    would tell it), so objects of other accounts with that title on that Quay are read too."""
+    would tell it), so objects of other accounts with that title on that Quay are read too; their
+    leases carry another ``account`` and are ignored (:func:`yields_to`, :func:`waits_for`)."""
     return CLAIM_LABEL_PREFIX + hashlib.sha256(f"{registry}\x00{title}".encode()).hexdigest()[:40]
 
 
@@ -292,17 +293,21 @@ def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any]
                           keep: Iterable[str]) -> tuple[tuple[PullSecretsEdit, ...], tuple[str, ...]]:
     """The imagePullSecrets edits that attach the return Secret to the ServiceAccounts in
     ``keep`` and detach it from those status lists and ``keep`` does not; and the attached list.
-    A ServiceAccount that does not exist is skipped (a later resync attaches it)."""
+    A ServiceAccount that does not exist is skipped (a later resync attaches it). Only what this
+    object attached is detached: the Secret status.retSecret records (where this object wrote its
+    Secret), never whatever spec.retSecretRef names now, which may be someone else's."""
     if dt.ret_secret is None:
         return (), ()
     secret, keep = dt.ret_secret.name, tuple(keep)
+    written = dt.status.ret_secret.name if dt.status.ret_secret is not None else ""
     edits, attached = [], []
     for name in dict.fromkeys((*keep, *dt.status.service_accounts)):
         account = found.get(name)
-        if account is None:
-            continue
         wanted = name in keep
-        new = kevents.pull_secret_edit(account.get("imagePullSecrets"), secret, wanted)
+        if account is None or not (wanted or written):
+            continue
+        new = kevents.pull_secret_edit(account.get("imagePullSecrets"), secret if wanted else written,
+                                       wanted)
         if new is not None:
             meta = account.get("metadata") or {}
             edits.append(PullSecretsEdit(name, tuple(new), str(meta.get("resourceVersion") or ""),
@@ -503,6 +508,8 @@ def _rivals(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creatio
         other = Status.from_object(obj.get("status")).creation
         if other is None or other.title != ours.title or lease_state(other, now) is not Lease.FRESH:
             continue
+        if other.account and ours.account and other.account != ours.account:
+            continue  # another Quay account: its tokens are not ours to adopt, it cannot make us wait
         yield (other.since, str(meta.get("uid"))) < mine, f"{meta.get('namespace')}/{meta.get('name')}"
 
 

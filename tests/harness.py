@@ -43,11 +43,15 @@ class FunctionProcess:
     """functions-framework serving function/main.py:handle on a free loopback port."""
 
     def __init__(self, kubeconfig: Path, *, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, sender_token: str | None = None) -> None:
+        """``sender_token``: what ``post`` presents to this function (then ``env`` should turn the
+        sender check on, tests/senders.py); without it the check is off, explicitly
+        (SENDER_AUTH=off, what a local run with sample events does)."""
         self.kubeconfig = kubeconfig
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
+        self.sender_token = sender_token
         self.log_path = Path(tempfile.mkstemp(prefix="qdt-function-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -57,6 +61,7 @@ class FunctionProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "LOG_LEVEL": "INFO",
             "THREADS": "16",
+            "SENDER_AUTH": "off",
             **self.extra_env,
         }
         ff = Path(sys.executable).with_name("functions-framework")
@@ -148,7 +153,13 @@ def structured(headers: dict[str, str], body: bytes) -> tuple[dict[str, str], by
 
 
 def post(url: str, event: tuple[dict[str, str], bytes], *, timeout: float = 60) -> httpx.Response:
+    """POST as a trusted sender: with the token of the function at ``url``, if it checks senders
+    (unless the event's headers carry an Authorization of their own)."""
     headers, body = event
+    token = next((fn.sender_token for fn in reversed(STARTED)
+                  if url.startswith(fn.url) and fn.sender_token), None)
+    if token and not any(k.lower() == "authorization" for k in headers):
+        headers = {**headers, "Authorization": f"Bearer {token}"}
     return record_response(httpx.post(url, headers=headers, content=body, timeout=timeout))
 
 

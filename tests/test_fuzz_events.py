@@ -156,7 +156,8 @@ def _assert_answer(resp: httpx.Response) -> None:
 
 @pytest.fixture(scope="module")
 def client(function_proc: harness.FunctionProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=function_proc.url, timeout=30) as c:
+    with httpx.Client(base_url=function_proc.url, timeout=30,
+                      headers={"Authorization": f"Bearer {function_proc.sender_token}"}) as c:
         yield c
 
 

@@ -15,7 +15,7 @@ LAYERS = [
     {"pullsecret", "protection"},
     {"decide"},
     {"cache", "kube", "quay"},
-    {"observe", "apply"},
+    {"observe", "apply", "auth"},
     {"reconcile", "resync"},
     {"main"},
 ]
