@@ -31,7 +31,8 @@ class Lease(enum.StrEnum):
 def claim_label(registry: str, title: str) -> str:
     """The label of the objects that may claim tokens titled ``title`` on this Quay (hashed: no
     title in clear). The Quay account is not in it (with an OAuth token only another Quay call
-    would tell it), so objects of other accounts with that title on that Quay are read too."""
+    would tell it), so objects of other accounts with that title on that Quay are read too; their
+    leases carry another ``account`` and are ignored (:func:`yields_to`, :func:`waits_for`)."""
     return CLAIM_LABEL_PREFIX + hashlib.sha256(f"{registry}\x00{title}".encode()).hexdigest()[:40]
 
 
@@ -97,6 +98,8 @@ def _rivals(objects: Iterable[Mapping[str, Any]], dt: DockerToken, ours: Creatio
         other = Status.from_object(obj.get("status")).creation
         if other is None or other.title != ours.title or lease_state(other, now) is not Lease.FRESH:
             continue
+        if other.account and ours.account and other.account != ours.account:
+            continue  # another Quay account: its tokens are not ours to adopt, it cannot make us wait
         yield (other.since, str(meta.get("uid"))) < mine, f"{meta.get('namespace')}/{meta.get('name')}"
 
 

@@ -20,8 +20,10 @@ from function.errors import ConfigError
 __all__ = ["Connection", "parse_connection"]
 
 # Quay's own client default is 10 s; a reconcile makes a handful of calls, well under the
-# Knative request timeout.
+# Knative request timeout. The key is the tenant's to set, so it is capped: a request (connect,
+# send and every read together: quay.py) never lasts longer than MAX_TIMEOUT, whatever it says.
 DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 60.0
 
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
@@ -41,6 +43,15 @@ class Connection:
     password: str = field(default="", repr=False)
     validate_certs: bool = True
     timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def account(self) -> str:
+        """Which Quay account this is, as far as the settings tell (host and OAuth token, or host
+        and username; never the password): a one-way hash that may be written to status.
+        Creation leases of other accounts never make ours wait (decide.yields_to/waits_for)."""
+        who = self.token or f"user:{self.username}"
+        raw = f"quay-dockertoken/account/v1\x00{self.base_url}\x00{who}".encode()
+        return hashlib.sha256(raw).hexdigest()[:24]
 
     @property
     def fingerprint(self) -> str:
@@ -106,9 +117,9 @@ def _parse_host(raw: str, where: str) -> tuple[str, str]:
         raise ConfigError(f'{where}: key "host" is missing or empty; set it to the Quay URL, '
                           "e.g. https://quay.example.com")
 
-    def bad(why: str, *, echo: bool = True) -> ConfigError:
-        shown = repr(raw) if echo else "the value"
-        return ConfigError(f'{where}: key "host": {shown} {why}; '
+    def bad(why: str) -> ConfigError:
+        # never the value: it comes from a Secret (and may carry a password)
+        return ConfigError(f'{where}: key "host": the value {why}; '
                            "use a URL such as https://quay.example.com[:port]")
 
     if any(ch.isspace() for ch in raw):
@@ -124,8 +135,7 @@ def _parse_host(raw: str, where: str) -> tuple[str, str]:
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise bad("has a query or fragment")
     if "@" in parts.netloc:
-        raise bad("carries credentials; put them in the token or username/password keys",
-                  echo=False)
+        raise bad("carries credentials; put them in the token or username/password keys")
     try:
         port = parts.port
     except ValueError as exc:
@@ -158,7 +168,7 @@ def _parse_bool(raw: str, where: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ConfigError(f'{where}: key "validateCerts": {raw!r} is not a boolean; '
+    raise ConfigError(f'{where}: key "validateCerts": the value is not a boolean; '
                       "use one of true/false/yes/no/1/0")
 
 
@@ -170,6 +180,6 @@ def _parse_timeout(raw: str, where: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f'{where}: key "timeout": {raw!r} is not a positive number of '
-                          "seconds; use e.g. 10 or 2.5")
-    return value
+        raise ConfigError(f'{where}: key "timeout": the value is not a positive number of '
+                          f"seconds; use e.g. 10 or 2.5 (at most {MAX_TIMEOUT:g} is used)")
+    return min(value, MAX_TIMEOUT)

@@ -195,7 +195,8 @@ class Creator:
         state = claims.lease_state(dt.status.creation, now)
         if state is Lease.FRESH:
             self.wait_for_creator(dt)
-        lease = decide.lease(dt, id_=self._new_id(), now=now)
+        assert self.conn is not None
+        lease = decide.lease(dt, id_=self._new_id(), now=now, account=self.conn.account)
         patch = dt.status.with_(creation=lease).merge_patch(dt.status)
         obj = self.api.patch_status(dt.namespace, dt.name, patch, dt.resource_version)
         if not obj:

@@ -496,17 +496,21 @@ def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any]
                           keep: Iterable[str]) -> tuple[tuple[EditServiceAccount, ...], tuple[str, ...]]:
     """The imagePullSecrets edits that attach the return Secret to the ServiceAccounts in
     ``keep`` and detach it from those status lists and ``keep`` does not; and the attached list.
-    A ServiceAccount that does not exist is skipped (a later resync attaches it)."""
+    A ServiceAccount that does not exist is skipped (a later resync attaches it). Only what this
+    object attached is detached: the Secret status.retSecret records (where this object wrote its
+    Secret), never whatever spec.retSecretRef names now, which may be someone else's."""
     if dt.ret_secret is None:
         return (), ()
     secret, keep = dt.ret_secret.name, tuple(keep)
+    written = dt.status.ret_secret.name if dt.status.ret_secret is not None else ""
     edits, attached = [], []
     for name in dict.fromkeys((*keep, *dt.status.service_accounts)):
         account = found.get(name)
-        if account is None:
-            continue
         wanted = name in keep
-        new = pullsecret.pull_secret_edit(account.get("imagePullSecrets"), secret, wanted)
+        if account is None or not (wanted or written):
+            continue
+        new = pullsecret.pull_secret_edit(account.get("imagePullSecrets"), secret if wanted else written,
+                                          wanted)
         if new is not None:
             meta = account.get("metadata") or {}
             edits.append(EditServiceAccount(
@@ -625,6 +629,7 @@ def revocation_due(revoke_after: str, now: datetime.datetime) -> bool:
     return after is None or after <= now
 
 
-def lease(dt: DockerToken, *, id_: str, now: datetime.datetime) -> Creation:
-    """The creation lease a pass of ``dt`` takes at ``now``."""
-    return Creation(id=id_, title=dt.title, since=rfc3339(now))
+def lease(dt: DockerToken, *, id_: str, now: datetime.datetime, account: str) -> Creation:
+    """The creation lease a pass of ``dt`` takes at ``now`` with the Quay ``account``
+    (``Connection.account``): leases of other accounts never make it yield or wait."""
+    return Creation(id=id_, title=dt.title, since=rfc3339(now), account=account)

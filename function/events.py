@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from function.errors import BadEvent
-from function.model import DNS_SUBDOMAIN, GROUP, KIND
+from function.model import GROUP, KIND, LABEL, SUBDOMAIN
 
 RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
 APISERVER_PREFIXES = ("dev.knative.apiserver.resource.", "dev.knative.apiserver.ref.")
 APISERVER_VERBS = ("add", "update", "delete")
-# Kubernetes name rules: namespaces are RFC 1123 labels, object names DNS subdomains.
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Kubernetes name rules (model.LABEL, model.SUBDOMAIN): namespaces are RFC 1123 labels, object
+# names DNS subdomains.
 _WAVE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-NAME_MAX = 253
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,10 @@ def parse_event(attributes: Mapping[str, Any], data: Any) -> Target | None:
     meta = meta if isinstance(meta, Mapping) else {}
     namespace = _first_str(body.get("namespace"), meta.get("namespace"), attributes.get("namespace"))
     name = _first_str(body.get("name"), meta.get("name"), attributes.get("name"))
-    if not namespace or not _LABEL.match(namespace):
+    if not namespace or not LABEL.match(namespace):
         raise BadEvent(f"namespace {namespace[:80]!r} is missing or not a valid namespace name; "
                        "set data.namespace (or data.metadata.namespace, or the namespace extension)")
-    if not name or len(name) > NAME_MAX or not DNS_SUBDOMAIN.match(name):
+    if not name or not SUBDOMAIN.match(name):
         raise BadEvent(f"name {name[:80]!r} is missing or not a valid object name; "
                        "set data.name (or data.metadata.name, or the name extension)")
     wave = attributes.get("resyncwave") if resync else ""

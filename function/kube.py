@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -42,6 +43,26 @@ _CR = f"/apis/{GROUP}/{VERSION}"
 
 _lock = threading.Lock()
 _shared: httpx.Client | None = None
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: a name is never a path. Refuses "", ".", ".." and anything with a
+    "/" (the API server, and httpx before it, would resolve them to another object), and quotes
+    the rest (so "%2e%2e" stays those six characters)."""
+    if value in ("", ".", "..") or "/" in value:
+        raise PermanentError(f"refused to use {value[:80]!r} as an object name in an API path; "
+                             "names never contain '/' and are never '.' or '..'")
+    return quote(value, safe="")
+
+
+def _is(obj: dict[str, Any] | None, what: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """``obj`` if it is the object asked for; a reply naming another object is refused."""
+    if obj is None:
+        return None
+    meta = obj.get("metadata") or {}
+    if meta.get("name") != name or (namespace is not None and meta.get("namespace") != namespace):
+        raise PermanentError(f"{what}: the API server answered with another object; refused")
+    return obj
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -221,14 +242,15 @@ class Kube:
 
     # -- DockerTokens ------------------------------------------------------------------------
     def get_dockertoken(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._request(f"get dockertoken {namespace}/{name}", "GET",
-                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", missing_ok=True)
+        what = f"get dockertoken {namespace}/{name}"
+        return _is(self._request(what, "GET", f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}/{_seg(name)}",
+                                 missing_ok=True), what, namespace, name)
 
     def iter_dockertokens(self, namespace: str | None = None, page_size: int = PAGE_SIZE, *,
                           label_selector: str | None = None) -> Iterator[dict[str, Any]]:
         """Every DockerToken (in one namespace, or all; those matching ``label_selector``), a page
         at a time."""
-        path = f"{_CR}/namespaces/{namespace}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
+        path = f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
         params: dict[str, Any] = {"limit": page_size}
         if label_selector:
             params["labelSelector"] = label_selector
@@ -255,7 +277,7 @@ class Kube:
             meta["annotations"] = dict(annotations)
         body = {"metadata": meta}
         return self._request(f"patch metadata of {namespace}/{name}", "PATCH",
-                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
+                             f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}/{_seg(name)}", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any],
@@ -266,25 +288,27 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         return self._request(f"patch status of {namespace}/{name}", "PATCH",
-                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}/status", body=body,
+                             f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}/{_seg(name)}/status", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}
 
     # -- Namespaces ----------------------------------------------------------------------------
     def get_namespace(self, name: str) -> dict[str, Any] | None:
-        return self._request(f"get namespace {name}", "GET", f"/api/v1/namespaces/{name}",
-                             missing_ok=True)
+        what = f"get namespace {name}"
+        return _is(self._request(what, "GET", f"/api/v1/namespaces/{_seg(name)}", missing_ok=True),
+                   what, None, name)
 
     # -- Secrets -------------------------------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._request(f"get secret {namespace}/{name}", "GET",
-                             f"/api/v1/namespaces/{namespace}/secrets/{name}", missing_ok=True)
+        what = f"get secret {namespace}/{name}"
+        return _is(self._request(what, "GET", f"/api/v1/namespaces/{_seg(namespace)}/secrets/{_seg(name)}",
+                                 missing_ok=True), what, namespace, name)
 
     def create_secret(self, body: dict[str, Any]) -> bool:
         """Create; False when the namespace does not exist (the only 404 a create can get)."""
         self.writes += 1
         meta = body["metadata"]
         created = self._request(f"create secret {meta['namespace']}/{meta['name']}", "POST",
-                                f"/api/v1/namespaces/{meta['namespace']}/secrets", body=body,
+                                f"/api/v1/namespaces/{_seg(meta['namespace'])}/secrets", body=body,
                                 missing_ok=True)
         return created is not None
 
@@ -293,14 +317,16 @@ class Kube:
         self.writes += 1
         meta = body["metadata"]
         self._request(f"update secret {meta['namespace']}/{meta['name']}", "PUT",
-                      f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}", body=body)
+                      f"/api/v1/namespaces/{_seg(meta['namespace'])}/secrets/{_seg(meta['name'])}",
+                      body=body)
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete if present; with ``uid`` only that exact object (never a same-named newcomer)."""
         self.writes += 1
         body = {"preconditions": {"uid": uid}} if uid else None
         self._request(f"delete secret {namespace}/{name}", "DELETE",
-                      f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, missing_ok=True)
+                      f"/api/v1/namespaces/{_seg(namespace)}/secrets/{_seg(name)}", body=body,
+                      missing_ok=True)
 
     def set_secret_finalizers(self, secret: Mapping[str, Any],
                               finalizers: list[str]) -> dict[str, Any] | None:
@@ -311,14 +337,16 @@ class Kube:
         meta = secret["metadata"]
         body = {**secret, "metadata": {**meta, "finalizers": finalizers}}
         return self._request(f"update finalizers of secret {meta['namespace']}/{meta['name']}", "PUT",
-                             f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}",
+                             f"/api/v1/namespaces/{_seg(meta['namespace'])}/secrets/{_seg(meta['name'])}",
                              body=body, missing_ok=True)
 
     # -- ServiceAccounts (spec.serviceAccounts) --------------------------------------------------
     def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ServiceAccount, or None when it does not exist (yet)."""
-        return self._request(f"get serviceaccount {namespace}/{name}", "GET",
-                             f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", missing_ok=True)
+        what = f"get serviceaccount {namespace}/{name}"
+        return _is(self._request(what, "GET",
+                                 f"/api/v1/namespaces/{_seg(namespace)}/serviceaccounts/{_seg(name)}",
+                                 missing_ok=True), what, namespace, name)
 
     def patch_serviceaccount_pull_secrets(self, namespace: str, name: str,
                                           pull_secrets: list[Mapping[str, Any]],
@@ -331,8 +359,18 @@ class Kube:
         body = {"metadata": {"resourceVersion": resource_version},
                 "imagePullSecrets": list(pull_secrets)}
         return self._request(f"patch imagePullSecrets of serviceaccount {namespace}/{name}", "PATCH",
-                             f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", body=body,
-                             headers=MERGE_PATCH, missing_ok=True)
+                             f"/api/v1/namespaces/{_seg(namespace)}/serviceaccounts/{_seg(name)}",
+                             body=body, headers=MERGE_PATCH, missing_ok=True)
+
+    # -- TokenReviews (who sent an event: auth.py) -------------------------------------------------
+    def review_token(self, token: str, audience: str) -> dict[str, Any]:
+        """The API server's verdict on a bearer token for ``audience`` (TokenReview status).
+        Not a write: nothing is stored."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]}}
+        review = self._request("review a sender's token", "POST",
+                               "/apis/authentication.k8s.io/v1/tokenreviews", body=body) or {}
+        return dict(review.get("status") or {})
 
     # -- Events (events.k8s.io/v1) -----------------------------------------------------------------
     def create_event(self, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -341,7 +379,7 @@ class Kube:
         terminating namespace) or the very same Event (same name) already exists."""
         self.writes += 1
         meta = body["metadata"]
-        path = f"/apis/events.k8s.io/v1/namespaces/{meta['namespace']}/events"
+        path = f"/apis/events.k8s.io/v1/namespaces/{_seg(meta['namespace'])}/events"
         try:
             return self._request(f"create event {meta['namespace']}/{meta['name']}", "POST", path,
                                  body=body, missing_ok=True)

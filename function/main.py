@@ -7,8 +7,10 @@ is recorded in status (its retry is the resync's, after a backoff: redelivering 
 only feed the loop; a Broker counts a non-empty non-CloudEvent body as a failure); 503 when
 nothing could be recorded (API server trouble, a concurrent creation; ApiServerSource retries
 503 but not 500) and to a resync event whose object is left failing because Quay is
-unavailable (the CronJob counts it); 400 for a malformed event. ``GET /healthz`` serves probes
-(a CloudEvent function answers GET / with 405).
+unavailable (the CronJob counts it); 400 for a malformed event (or a body over 2 MiB, read as a
+stream); 401/403 before anything else to a sender without a trusted bearer token (``auth.py``;
+no API read, no Quay call). ``GET /healthz`` serves probes (a CloudEvent function answers GET /
+with 405).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import functions_framework
 from cloudevents.http import from_http
 from cloudevents.http.event import CloudEvent
 
-from function import events, logs, result
+from function import auth, events, logs, result
 from function.reconcile import Reconciler
 from function.result import Result
 
@@ -98,14 +100,24 @@ def _log(fields: dict[str, Any], started: float, answer: Result) -> None:
 
 
 def _check_request() -> flask.Response | None:
-    """Reject what functions-framework would turn into a 415 or a 500, with a message that says why."""
+    """Refuse a sender we do not trust (before anything is read), then what functions-framework
+    would turn into a 415 or a 500, with a message that says why."""
     request = flask.request
     if request.method != "POST":
         return None
+    started = time.monotonic()
+    verdict = auth.verifier().check(request.headers.get("Authorization"))
+    if verdict.status:
+        fields = {"event": request.headers.get("Ce-Type"), "sender": verdict.who or None}
+        _log(fields, started, Result(verdict.status, "refused-sender", message=verdict.message))
+        response = _answer(verdict.status, f"sender refused: {verdict.message}")
+        if verdict.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return _answer(400, f"bad event: body larger than {MAX_BODY_BYTES} bytes")
-    body = request.get_data(cache=True)
-    if len(body) > MAX_BODY_BYTES:
+    body = _read_capped(request)
+    if body is None:
         return _answer(400, f"bad event: body larger than {MAX_BODY_BYTES} bytes")
     try:
         from_http(dict(request.headers), body)
@@ -115,6 +127,25 @@ def _check_request() -> flask.Response | None:
         return _answer(400, f"bad event: not a valid CloudEvent ({detail}); send ce-id, ce-source, "
                             "ce-type and ce-specversion headers (binary mode) or a structured JSON event")
     return None
+
+
+def _read_capped(request: flask.Request) -> bytes | None:
+    """The body, read as a stream and given up past MAX_BODY_BYTES (a chunked body announces no
+    length: reading it whole first would let a sender fill the memory); None when too large."""
+    chunks, size = [], 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(64 * 1024)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # what request.get_data() returns from now on (functions-framework reads it again)
+    request._cached_data = body
+    return body
 
 
 def _empty_success(response: flask.Response) -> flask.Response:

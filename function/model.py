@@ -41,9 +41,10 @@ APP_USERNAME = "$app"
 # Token codes are 120 characters of [A-Z0-9]: anything shaped like one is masked in every
 # message, log line and Event, whatever put it there.
 CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
-# Kubernetes object names (DNS-1123 subdomains, apimachinery IsDNS1123Subdomain without the
-# 253-character limit, which callers check).
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Kubernetes name rules (the CRD schema has the same patterns): Secret and ServiceAccount names are
+# DNS-1123 subdomains, namespaces DNS-1123 labels. A name is never a path: no "/", no "." or "..".
+SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Creation:
     id: str
     title: str
     since: str  # RFC 3339, from the reconciler's clock
+    account: str = ""  # Connection.account of the holder ("" for leases written before it existed)
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class Status:
             pending_revocation=tuple(raw.get("pendingRevocation") or ()),
             creation=(
                 Creation(str(creation.get("id", "")), str(creation.get("title", "")),
-                         str(creation.get("since", "")))
+                         str(creation.get("since", "")), str(creation.get("account") or ""))
                 if isinstance(creation, Mapping) and creation.get("id")
                 else None
             ),
@@ -250,6 +252,9 @@ class DockerToken:
         """Raise ConfigError for a spec that cannot be reconciled (older objects skip the schema)."""
         if not self.conn_secret.name:
             raise ConfigError("spec.connSecretRef.name: required; name the Secret with the Quay connection")
+        error = self.name_error()
+        if error is not None:
+            raise error
         if not self.title:
             raise ConfigError("spec.name: required; set the title of the Quay token to manage")
         if len(self.title) > MAX_TITLE:
@@ -261,6 +266,32 @@ class DockerToken:
         if self.service_accounts and self.ret_secret is None:
             raise ConfigError("spec.serviceAccounts: needs spec.retSecretRef (the Secret to attach); "
                               "set retSecretRef or remove serviceAccounts")
+
+
+    def name_error(self) -> ConfigError | None:
+        """The first spec field that would become part of an API URL and is not a Kubernetes name.
+
+        Checked before anything is read (``observe.py``): objects stored before the CRD had its
+        patterns, or on a cluster whose CRD is older, must never turn a name into a path.
+        """
+        fields: list[tuple[str, str, re.Pattern[str], str]] = [
+            ("spec.connSecretRef.name", self.conn_secret.name, SUBDOMAIN, "a Secret name"),
+            ("spec.connSecretRef.namespace", self.conn_secret.namespace, LABEL, "a namespace name"),
+        ]
+        if self.ret_secret is not None:
+            fields += [("spec.retSecretRef.name", self.ret_secret.name, SUBDOMAIN, "a Secret name"),
+                       ("spec.retSecretRef.namespace", self.ret_secret.namespace, LABEL,
+                        "a namespace name")]
+        fields += [(f"spec.serviceAccounts[{i}]", n, SUBDOMAIN, "a ServiceAccount name")
+                   for i, n in enumerate(self.service_accounts)]
+        for path, value, rule, what in fields:
+            if value and not rule.match(value):
+                # never echo the value: it may be long, or built to mislead whoever reads status
+                return ConfigError(
+                    f"{path}: not {what} ({len(value)} characters); use lower-case letters, digits "
+                    f"and '-'{'' if rule is LABEL else ' or interior dots'}, at most "
+                    f"{63 if rule is LABEL else 253} characters (a name, never a path)")
+        return None
 
 
 def _int(raw: object) -> int:

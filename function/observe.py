@@ -33,6 +33,13 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
             rotation_grace: datetime.timedelta = decide.ROTATION_GRACE) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
     dt = DockerToken.from_object(obj)
+    bad_name = dt.name_error()
+    if bad_name is not None:
+        # a name that is not a Kubernetes name is never sent to the API server (decide.plan
+        # reports it through DockerToken.validate): nothing is read
+        return Observed(dt=dt, now=now, verify=verify, wave=wave, conn=None, conn_error=bad_name,
+                        conn_version="", ret_secret=None, old_ret_secret=None,
+                        registered=protection.registered(obj))
     conn, conn_error, conn_version, consent, conn_secret = _connection(kube, dt)
     ret_error, ret_consent = _return_namespace(kube, dt)
     ret = old = None

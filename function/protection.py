@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from function import conditions
-from function.model import FINALIZER, Ref, Status
+from function.model import FINALIZER, LABEL, SUBDOMAIN, Ref, Status
 
 IN_USE_FINALIZER = "quay.herve4m.github.io/connection-in-use"
 CONNECTION_LABEL = "quay.herve4m.github.io/connection"
@@ -57,11 +57,13 @@ def selector(ref: Ref) -> str:
 
 
 def registered(obj: Mapping[str, Any]) -> Ref | None:
-    """The connection Secret a DockerToken object is registered as a user of, if any."""
+    """The connection Secret a DockerToken object is registered as a user of, if any (an
+    annotation anyone who may edit the object can change: only a namespace/name of Kubernetes
+    names counts, never a path)."""
     meta = obj.get("metadata") or {}
     value = str((meta.get("annotations") or {}).get(CONNECTION_ANNOTATION) or "")
     namespace, _, name = value.partition("/")
-    return Ref(namespace, name) if namespace and name else None
+    return Ref(namespace, name) if LABEL.match(namespace) and SUBDOMAIN.match(name) else None
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,15 @@ def build(dt: DockerToken, where: Ref, token: Token, registry: str | Sequence[st
 
 
 def is_ours(secret: Mapping[str, Any], dt: DockerToken) -> bool:
-    """Ours if it carries our owner annotation, or an ownerReference to this object (the old operator's)."""
+    """Ours if it carries our owner annotations with this object's exact uid, or an ownerReference
+    to this object (the old operator's). An owner annotation with an empty or missing uid is
+    not enough: anyone who may create a Secret could plant one and have a token code written
+    into it."""
     meta = secret.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    if annotations.get(OWNER_ANNOTATION) == f"{dt.namespace}/{dt.name}":
-        return annotations.get(OWNER_UID_ANNOTATION) in (None, "", dt.uid)
+    if annotations.get(OWNER_ANNOTATION) == f"{dt.namespace}/{dt.name}" \
+            and annotations.get(OWNER_UID_ANNOTATION) == dt.uid and dt.uid:
+        return True
     return any(ref.get("uid") == dt.uid for ref in meta.get("ownerReferences") or ())
 
 

@@ -30,11 +30,13 @@ import os
 import re
 import ssl
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import httpx
 
 from function.connection import Connection
@@ -60,6 +62,22 @@ logger = logging.getLogger(__name__)
 TOKENS_PATH = "/api/v1/user/apptoken"
 # Not a browser User-Agent: Quay refuses those on GET without X-Requested-With (077).
 USER_AGENT = "quay-dockertoken/0.1"
+# How much of a body a message may quote: of Quay's JSON error text (logs.EXCERPT), and of
+# anything else.
+FOREIGN_EXCERPT = 80
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+# A tenant chooses the host, and so how (and how slowly) it answers. Every request ends by a
+# wall-clock deadline: the connection's timeout (10 s by default, capped at 60 s: connection.py)
+# for connect, send and every read together, and all requests of one reconcile pass by
+# PASS_BUDGET_SECONDS together, so one pass holds an event (and a worker thread) at most ~60 s
+# whatever the host does. httpx's own timeout applies to each read alone: a host trickling a
+# byte per second would never trip it.
+PASS_BUDGET_SECONDS = 60.0
+# Replies are read as a stream and given up past this size (decoded). The largest real reply is
+# the token list (GET /api/v1/user/apptoken, never paginated): ~400 bytes per token with a
+# 255-character title, so 4 MiB holds ~10,000 such tokens (~25,000 with short titles), far more
+# than one user has, while ten threads reading that much stay within the pod's 256 Mi.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
 _PAGE_TOKEN = re.compile(r"window\.__token\s*=\s*'([^']+)'")
 _TOKEN_KEYS = ("uuid", "title", "last_accessed", "created", "expiration")
 _E = TypeVar("_E", bound=ReconcileError)
@@ -117,6 +135,12 @@ class QuayClient:
         except OSError as exc:
             raise QuayTLSError(f"cannot load the CA certificates of SSL_CERT_FILE={cafile!r} "
                                f"SSL_CERT_DIR={capath!r}: {exc}") from exc
+        # every request of this client (one reconcile pass) ends by its deadline: see _Deadline
+        self._deadline = _Deadline(time.monotonic() + PASS_BUDGET_SECONDS)
+        if transport is None:
+            transport = httpx.HTTPTransport(verify=context)
+            pool: Any = transport._pool  # httpcore.ConnectionPool: reads and writes go through it
+            pool._network_backend = _DeadlineBackend(pool._network_backend, self._deadline)
         try:
             self._http = httpx.Client(
                 base_url=conn.base_url, headers=headers, timeout=httpx.Timeout(conn.timeout),
@@ -132,7 +156,7 @@ class QuayClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            if self._signed_in:
+            if self._signed_in and self._deadline.budget_left() > 0:
                 self._signed_in = False
                 try:
                     self._send("POST", "/api/v1/signout")
@@ -232,7 +256,8 @@ class QuayClient:
                 self._raise_for_status(response, "GET", where.removeprefix("GET "))
             except QuayError as error:
                 raise self._scrubbed(error, code, basic) from None
-        answer = self._scrub_text(_registry_message(response), code, basic)
+        answer = self._scrub_text(_registry_message(
+            response, lambda text: self._scrub_text(text, code, basic)), code, basic)
         if status == 200 and _has_registry_token(response):
             return CredentialCheck(True, f"{where}: the registry accepted the token (200)")
         if status == 200:
@@ -301,9 +326,14 @@ class QuayClient:
                 request.headers.pop("Cookie", None)
                 if "Authorization" not in headers:
                     request.headers.pop("Authorization", None)
-            response = self._http.send(request)
+            self._deadline.start(self._conn.timeout)
+            response = self._http.send(request, stream=True)
+            try:
+                self._read_capped(response, method, label)
+            finally:
+                response.close()
         except (httpx.HTTPError, httpx.InvalidURL, httpx.CookieConflict,
-                httpx.StreamError) as exc:
+                httpx.StreamError, _OutOfTime) as exc:
             logger.debug("quay %s %s -> %s after %.0f ms", method, label, type(exc).__name__,
                          (time.monotonic() - started) * 1000)
             host = urlsplit(path).netloc if "://" in path else None
@@ -312,6 +342,20 @@ class QuayClient:
         logger.debug("quay %s %s -> %d in %.0f ms", method, label, response.status_code,
                      (time.monotonic() - started) * 1000)
         return response
+
+    def _read_capped(self, response: httpx.Response, method: str, label: str) -> None:
+        """Read the reply as a stream, at most MAX_REPLY_BYTES (decoded), within the deadline."""
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise self._scrubbed(QuayUnexpectedResponse(
+                    f"{method} {label}: the answer is larger than {MAX_REPLY_BYTES} bytes, more than "
+                    "any Quay token list; is host a Quay server?"))
+            chunks.append(chunk)
+            self._deadline.check()
+        # what response.read() would have stored: .text and .json() work as usual
+        response._content = b"".join(chunks)
 
     # -- web sign-in (username/password) ------------------------------------------------------
 
@@ -411,7 +455,7 @@ class QuayClient:
             raise self._scrubbed(QuayUnexpectedResponse(
                 f"{method} {path}: Quay answered {response.status_code} without a JSON object "
                 f"({response.headers.get('Content-Type', 'no Content-Type')}): "
-                f"{excerpt(response.text)}"
+                f"{_foreign(self._scrub_text(response.text))}"
             ))
         return body
 
@@ -432,8 +476,8 @@ class QuayClient:
                     return excerpt(value)
         title = re.search(r"<title>(.*?)</title>", response.text, re.IGNORECASE | re.DOTALL)
         if title is not None:
-            return f"an HTML page titled {excerpt(title[1])!r}"
-        return excerpt(response.text) or "empty body"
+            return f"an HTML page titled {_foreign(self._scrub_text(title[1]))!r}"
+        return _foreign(self._scrub_text(response.text)) or "empty body"
 
     def _who(self) -> str:
         if self._uses_session:
@@ -452,6 +496,86 @@ class QuayClient:
             if secret:
                 text = text.replace(secret, "***")
         return CODE_LIKE.sub("***", text)
+
+
+class _OutOfTime(httpx.TimeoutException):
+    """The request's deadline (or the pass's budget) passed while its reply was being read."""
+
+
+class _Deadline:
+    """When the current request must be over; shared by a QuayClient and its network streams."""
+
+    def __init__(self, budget_ends: float) -> None:
+        self.budget_ends, self.when = budget_ends, budget_ends
+
+    def start(self, timeout: float) -> None:
+        """A new request: ``timeout`` seconds from now, never past the pass's budget."""
+        if self.budget_left() <= 0:
+            raise _OutOfTime(f"the {PASS_BUDGET_SECONDS:g} s budget of this pass's Quay requests is spent")
+        self.when = min(time.monotonic() + timeout, self.budget_ends)
+
+    def budget_left(self) -> float:
+        return self.budget_ends - time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() >= self.when:
+            raise _OutOfTime("the request's deadline passed while the reply was being read")
+
+    def bound(self, timeout: float | None, error: type[Exception]) -> float:
+        """``timeout`` for one socket operation, shortened to what is left; ``error`` when none."""
+        left = self.when - time.monotonic()
+        if left <= 0:
+            raise error("the request's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake ends by the request's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.bound(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.bound(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        stream = self._stream.start_tls(ssl_context, server_hostname,
+                                        self._deadline.bound(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(stream, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, with every connection's operations bounded by the deadline."""
+
+    def __init__(self, backend: httpcore.NetworkBackend, deadline: _Deadline) -> None:
+        self._backend, self._deadline = backend, deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(host, port,
+                                           self._deadline.bound(timeout, httpcore.ConnectTimeout),
+                                           local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(
+            path, self._deadline.bound(timeout, httpcore.ConnectTimeout), socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
 
 
 def parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
@@ -529,7 +653,7 @@ def _host_port(netloc: str, scheme: str) -> tuple[str, int]:
         return "", 0
 
 
-def _registry_message(response: httpx.Response) -> str:
+def _registry_message(response: httpx.Response, scrub: Callable[[str], str]) -> str:
     """The registry's error text: ``errors[0]`` code and message (097), else an excerpt."""
     body = _json(response)
     if isinstance(body, dict):
@@ -543,7 +667,7 @@ def _registry_message(response: httpx.Response) -> str:
             value = body.get(key)
             if isinstance(value, str) and value:
                 return excerpt(value)
-    return excerpt(response.text) or "empty body"
+    return _foreign(scrub(response.text)) or "empty body"
 
 
 def _has_registry_token(response: httpx.Response) -> bool:
@@ -594,6 +718,15 @@ def _error_type(response: httpx.Response) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _foreign(text: str) -> str:
+    """A body that is not Quay's JSON: the host may be anything a tenant points at (an internal
+    service, a metadata endpoint), and status is read by others, so quote a short excerpt of
+    printable ASCII only (FOREIGN_EXCERPT characters), enough to recognise the page. Callers
+    scrub credentials first (a cut inside one would leave a piece no exact match finds)."""
+    flat = " ".join(_UNPRINTABLE.sub("?", text).split())
+    return flat if len(flat) <= FOREIGN_EXCERPT else flat[:FOREIGN_EXCERPT] + "..."
+
+
 def _transport_error(exc: Exception, method: str, path: str, conn: Connection, *,
                      host: str | None = None) -> QuayError | ConfigError:
     """Map an httpx exception to the Quay error that says whether a retry can help.
@@ -603,9 +736,9 @@ def _transport_error(exc: Exception, method: str, path: str, conn: Connection, *
     where = f"{method} {path}"
     host = host or conn.registry
     if isinstance(exc, httpx.TimeoutException):
-        return QuayTransient(f"{where}: no answer from {host} within {conn.timeout:g} s "
-                             f'({type(exc).__name__}); if Quay is just slow, raise the "timeout" key '
-                             "of the connection Secret")
+        return QuayTransient(f"{where}: no complete answer from {host} within {conn.timeout:g} s "
+                             f"({type(exc).__name__}: {exc}); if Quay is just slow, raise the "
+                             '"timeout" key of the connection Secret (at most 60 s is used)')
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
         return ConfigError(f"{where}: host {conn.base_url!r} is not a usable URL ({exc})")
     if isinstance(exc, httpx.ConnectError):

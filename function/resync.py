@@ -27,7 +27,9 @@ failures are logged on stderr. Exit status: 0 when every event was accepted, 1 w
 one delivery failed, 2 when the listing (or the configuration) failed.
 
 Environment: ``RESYNC_SINK``, ``RESYNC_CONCURRENCY`` (default 8), ``RESYNC_TIMEOUT`` (seconds
-per request, default 60), ``LOG_LEVEL`` (default INFO).
+per request, default 60), ``RESYNC_TOKEN_FILE`` (the projected ServiceAccount token sent as
+``Authorization: Bearer``, which the function checks: ``function/auth.py``), ``LOG_LEVEL``
+(default INFO).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Any
 
 import httpx
 
+from function.auth import sender_auth
 from function.events import RESYNC_TYPE
 from function.logs import excerpt
 from function.model import API_VERSION, KIND, PLURAL
@@ -274,7 +277,7 @@ def main(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
     with (
-        httpx.Client(timeout=args.timeout, limits=limits) as client,
+        httpx.Client(timeout=args.timeout, limits=limits, auth=sender_auth()) as client,
         ThreadPoolExecutor(max_workers=args.concurrency, thread_name_prefix="resync") as pool,
     ):
         # Results are consumed here, in the main thread: the counters need no lock.

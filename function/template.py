@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 
 from function.errors import ConfigError
-from function.model import DNS_SUBDOMAIN, MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION
+from function.model import MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION, SUBDOMAIN
 
 __all__ = ["FIELD", "MARKS", "apply_template", "validate_template"]
 
@@ -129,7 +129,7 @@ def _check_key(key: object, where: str, kind: str) -> None:
         problem = "the prefix before '/' is empty"
     elif slash and "/" in prefix:
         problem = "a key has at most one '/'"
-    elif slash and (len(prefix) > PREFIX_MAX or not DNS_SUBDOMAIN.match(prefix)):
+    elif slash and (len(prefix) > PREFIX_MAX or not SUBDOMAIN.match(prefix)):
         problem = ("the prefix before '/' must be a DNS subdomain (lower-case alphanumeric, "
                    f"'-' and '.', at most {PREFIX_MAX} characters)")
     if problem:

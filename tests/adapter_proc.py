@@ -1,8 +1,9 @@
 """Knative's real ApiServerSource receive adapter, watching every DockerToken and feeding the
 function, run as the Deployment Knative's real controller made from knative/base's ApiServerSource
 (``tests/eventing_controller.py``): its ServiceAccount and its environment (Reference mode, one
-cluster-wide watch, the Service's address as sink), with serial delivery and its own retries of
-404/413/425/429/502/503/504.
+cluster-wide watch, the Service's address as sink), with serial delivery, its own retries of
+404/413/425/429/502/503/504, and its OIDC sender identity: a bearer token for the sink's audience
+on every event.
 
 Used by tests/test_knative_e2e.py and tests/test_convergence.py (module fixtures: while it runs,
 every DockerToken change of the cluster reaches the shared function process).
@@ -23,6 +24,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests import senders
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import wait_for
 from tests.eventing_controller import AdapterPod
@@ -44,6 +46,12 @@ def running_adapter(cp: ControlPlane, fn: FunctionProcess, pod: AdapterPod) -> I
         "KUBECONFIG": str(cp.kubeconfigs[pod.service_account]),
         **pod.env,
     }
+    if fn.sender_token:
+        # what Knative's controller adds with authentication-oidc on (tests/senders.py; the
+        # controller fixture runs with the feature off, so these two come from here): the adapter requests a token of the source's OIDC identity for the sink's audience and sends
+        # it as Authorization: Bearer, as in a cluster
+        senders.install_oidc_identity(cp)
+        env.update(K_AUDIENCE=senders.AUDIENCE, K_OIDC_SERVICE_ACCOUNT=senders.SOURCE_OIDC_SA)
     log = Path(tempfile.mkstemp(prefix="qdt-adapter-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen([binary, "--disable-ha"], env=env, stdout=out, stderr=subprocess.STDOUT)

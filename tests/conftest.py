@@ -39,10 +39,16 @@ def namespace(admin_api: Any) -> str:
 
 @pytest.fixture(scope="session")
 def function_proc(control_plane: ControlPlane) -> Iterator[Any]:
-    """The function under functions-framework, as the reconciler ServiceAccount (knative/ RBAC)."""
+    """The function under functions-framework, as the reconciler ServiceAccount (knative/ RBAC),
+    checking senders as knative/ configures it: tests post with a token of the source's OIDC
+    identity, minted by the API server (tests/senders.py)."""
+    from tests import senders
     from tests.harness import FunctionProcess
 
-    with FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"]) as fn:
+    senders.install_oidc_identity(control_plane)
+    token = senders.mint(control_plane, senders.SOURCE_OIDC_SA)
+    with FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"],
+                         env=senders.FUNCTION_ENV, sender_token=token) as fn:
         yield fn
 
 

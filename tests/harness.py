@@ -44,12 +44,17 @@ class FunctionProcess:
     """functions-framework serving function/main.py:handle on a free loopback port."""
 
     def __init__(self, kubeconfig: Path, *, env: dict[str, str] | None = None,
-                 port: int | None = None, movable_clock: bool = False) -> None:
-        """``movable_clock``: serve tests/clock_function.py, whose clock ``advance`` moves."""
+                 port: int | None = None, sender_token: str | None = None,
+                 movable_clock: bool = False) -> None:
+        """``sender_token``: what ``post`` presents to this function (then ``env`` should turn the
+        sender check on, tests/senders.py); without it the check is off, explicitly
+        (SENDER_AUTH=off, what a local run with sample events does). ``movable_clock``: serve
+        tests/clock_function.py, whose clock ``advance`` moves."""
         self.kubeconfig = kubeconfig
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
+        self.sender_token = sender_token
         self.log_path = Path(tempfile.mkstemp(prefix="qdt-function-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
         self.source = ROOT / ("tests/clock_function.py" if movable_clock else "function/main.py")
@@ -74,6 +79,7 @@ class FunctionProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "LOG_LEVEL": "INFO",
             "THREADS": "16",
+            "SENDER_AUTH": "off",
             **self.extra_env,
         }
         ff = Path(sys.executable).with_name("functions-framework")
@@ -165,7 +171,13 @@ def structured(headers: dict[str, str], body: bytes) -> tuple[dict[str, str], by
 
 
 def post(url: str, event: tuple[dict[str, str], bytes], *, timeout: float = 60) -> httpx.Response:
+    """POST as a trusted sender: with the token of the function at ``url``, if it checks senders
+    (unless the event's headers carry an Authorization of their own)."""
     headers, body = event
+    token = next((fn.sender_token for fn in reversed(STARTED)
+                  if url.startswith(fn.url) and fn.sender_token), None)
+    if token and not any(k.lower() == "authorization" for k in headers):
+        headers = {**headers, "Authorization": f"Bearer {token}"}
     return record_response(httpx.post(url, headers=headers, content=body, timeout=timeout))
 
 

@@ -55,6 +55,9 @@ def test_host_forms(data: dict[str, str], base_url: str, registry: str) -> None:
         pytest.param({"timeout": "2.5"}, {"timeout": 2.5}, id="fractional-timeout"),
         pytest.param({"timeout": " 30 "}, {"timeout": 30.0}, id="timeout-whitespace"),
         pytest.param({"timeout": "1e1"}, {"timeout": 10.0}, id="timeout-exponent"),
+        # the tenant's value is capped: a request never lasts longer than 60 s (issue 18)
+        pytest.param({"timeout": "1e9"}, {"timeout": 60.0}, id="timeout-capped"),
+        pytest.param({"timeout": "60"}, {"timeout": 60.0}, id="timeout-at-cap"),
     ],
 )
 def test_options(data: dict[str, str], expected: dict[str, object]) -> None:
@@ -108,7 +111,7 @@ def test_credentials(data: dict[str, str], token: str, username: str, password: 
         pytest.param({"host": "https://-quay-.example..com"}, ['"host"', "no valid host name"],
                      id="bad-dns-name"),
         pytest.param({"validateCerts": "maybe"},
-                     ['key "validateCerts": \'maybe\' is not a boolean',
+                     ['key "validateCerts": the value is not a boolean',
                       "true/false/yes/no/1/0"], id="validate-certs-maybe"),
         pytest.param({"timeout": "0"}, ['"timeout"', "positive"], id="timeout-zero"),
         pytest.param({"timeout": "-3"}, ['"timeout"', "positive"], id="timeout-negative"),
@@ -152,12 +155,13 @@ def test_credentials_required(data: dict[str, str], fragments: list[str]) -> Non
         assert fragment in str(caught.value)
 
 
-def test_the_validate_certs_message_from_the_brief() -> None:
+def test_the_validate_certs_message() -> None:
+    """The brief's wording, without the value (issue 18: never a value from a Secret)."""
     with pytest.raises(ConfigError) as caught:
         parse_connection({"host": "q", **AUTH, "validateCerts": "maybe"},
                          secret_name="quay-credentials")
     assert str(caught.value) == ('connSecretRef: quay-credentials: key "validateCerts": '
-                                 "'maybe' is not a boolean; use one of true/false/yes/no/1/0")
+                                 "the value is not a boolean; use one of true/false/yes/no/1/0")
 
 
 def test_credentials_stay_out_of_messages_and_repr() -> None:
@@ -204,3 +208,22 @@ def test_any_secret_data_gives_a_connection_or_config_error(data: dict[str, str]
     assert conn.registry and conn.registry in conn.base_url
     assert conn.timeout > 0
     assert conn.token or (conn.username and conn.password)
+
+
+@pytest.mark.parametrize("data", [
+    {"host": "https://admin:hunter2-password@quay.example.com"},
+    {"host": "https://quay.example.com/?secret-query-value"},
+    {"host": "ftp://secret-host-value"},
+    {"validateCerts": "secret-looking-value"},
+    {"timeout": "secret-looking-value"},
+], ids=["userinfo", "query", "scheme", "validate-certs", "timeout"])
+def test_refusals_never_quote_a_value_of_the_secret(data: dict[str, str]) -> None:
+    """Status messages and Events are read by whoever can read the DockerToken: a value from the
+    connection Secret (a host with user:password@, a pasted token) never appears in them."""
+    with pytest.raises(ConfigError) as caught:
+        parse_connection({"host": "quay.example.com", **AUTH, **data}, secret_name="quay-credentials")
+    message = str(caught.value)
+    for value in data.values():
+        assert value not in message
+    for fragment in ("hunter2", "secret-query-value", "secret-host-value", "secret-looking-value"):
+        assert fragment not in message

@@ -144,3 +144,64 @@ def test_a_renew_before_the_schema_would_refuse_is_a_failure_naming_the_field() 
     failure = decide.plan(observed).failure
     assert failure is not None and failure.reason == "InvalidConfiguration"
     assert "spec.renewBefore" in failure.message and '"48h"' in failure.message
+
+
+def test_only_the_secret_this_object_attached_is_ever_detached() -> None:
+    """Issue 18: spec.retSecretRef.name now names someone else's Secret (the pass fails with
+    ReturnSecretConflict), and the object is deleted: the ServiceAccount loses only the Secret
+    this object wrote and attached (status.retSecret), never the one spec names now."""
+    obj: dict[str, Any] = {"metadata": {"namespace": "ns", "name": "dt", "uid": "uid-1", "generation": 2,
+                        "deletionTimestamp": "2026-11-26T11:00:00Z",
+                        "finalizers": ["quay.herve4m.github.io/finalizer"]},
+           "spec": {"connSecretRef": {"name": "conn"}, "name": "mytoken",
+                    "retSecretRef": {"name": "team-registry"}, "serviceAccounts": ["builder"],
+                    "preserveInQuayOnDeletion": True},
+           "status": {"retSecret": {"namespace": "ns", "name": "pull"}, "serviceAccounts": ["builder"]}}
+    builder = {"metadata": {"resourceVersion": "7"},
+               "imagePullSecrets": [{"name": "team-registry"}, {"name": "pull"}]}
+    dt = DockerToken.from_object(obj)
+    for deleting in (True, False):
+        if not deleting:  # the same when builder is dropped from the list (not a deletion)
+            obj = {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "deletionTimestamp"},
+                   "spec": {**obj["spec"], "serviceAccounts": []}}
+            dt = DockerToken.from_object(obj)
+        keep = () if deleting else dt.service_accounts  # as decide.plan asks
+        edits, _ = decide.service_account_edits(dt, {"builder": builder}, keep=keep)
+        (edit,) = edits
+        assert (edit.name, edit.action, list(edit.pull_secrets)) == (
+            "builder", "detach-from-serviceaccount", [{"name": "team-registry"}])
+    never_wrote = DockerToken.from_object({**obj, "status": {"serviceAccounts": ["builder"]}})
+    assert decide.service_account_edits(never_wrote, {"builder": builder}, keep=()) == ((), ())
+
+
+def test_a_lease_of_another_quay_account_never_makes_a_creation_wait() -> None:
+    """Issue 18: another tenant with its own Quay account on the same Quay, reusing our title,
+    must not make our creation yield or wait; the same account still takes turns."""
+    from function.model import Creation
+
+    ours = Creation("a", "mytoken", "2026-11-26T11:59:50Z", account="acct-victim")
+    dt = make_dt(status={"creation": {"id": "a", "title": "mytoken", "since": ours.since,
+                                      "account": ours.account}})
+
+    def rival(since: str, account: str) -> dict[str, Any]:
+        return {"metadata": {"uid": "uid-9", "namespace": "other", "name": "rival"},
+                "status": {"creation": {"id": "b", "title": "mytoken", "since": since, "account": account}}}
+
+    older, younger = "2026-11-26T11:59:40Z", "2026-11-26T11:59:55Z"
+    assert claims.yields_to([rival(older, "acct-attacker")], dt, ours, NOW) == ""
+    assert claims.waits_for([rival(younger, "acct-attacker")], dt, ours, NOW) == ""
+    assert claims.yields_to([rival(older, "acct-victim")], dt, ours, NOW) == "other/rival"
+    assert claims.waits_for([rival(younger, "acct-victim")], dt, ours, NOW) == "other/rival"
+    assert claims.yields_to([rival(older, "")], dt, ours, NOW) == "other/rival"  # a lease from before
+
+
+def test_the_account_is_a_hash_of_host_and_credentials_never_the_password() -> None:
+    from function.connection import Connection
+
+    a = Connection("https://q", "q", token="t1")
+    assert a.account == Connection("https://q", "q", token="t1", timeout=3).account
+    assert a.account != Connection("https://q", "q", token="t2").account
+    assert a.account != Connection("https://other", "other", token="t1").account
+    pw1 = Connection("https://q", "q", username="u", password="p1")
+    assert pw1.account == Connection("https://q", "q", username="u", password="p2").account
+    assert "t1" not in a.account and len(a.account) == 24

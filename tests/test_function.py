@@ -283,7 +283,7 @@ def test_other_kinds_and_gone_objects_are_acknowledged(env: Env) -> None:
 
 def test_health_route_and_malformed_event(env: Env) -> None:
     assert httpx.get(f"{env.fn.url}/healthz").status_code == 200
-    resp = httpx.post(env.fn.url, content=b"{}", headers={"Content-Type": "application/json"})
+    resp = harness.post(env.fn.url, ({"Content-Type": "application/json"}, b"{}"))
     assert resp.status_code == 400 and "ce-id" in resp.text
     headers, _ = harness.resync_event(env.ns, "x")
     resp = harness.post(env.fn.url, (headers, b'{"namespace": "Not_Valid", "name": "x"}'))

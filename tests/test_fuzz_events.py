@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from function import events
 from function.errors import BadEvent
-from function.model import DNS_SUBDOMAIN
+from function.model import LABEL, SUBDOMAIN
 from tests import harness
 
 # Over HTTP each example is one request to the function (a few ms); keep the run short.
@@ -85,7 +85,7 @@ def test_parse_event_answers_a_target_none_or_bad_event() -> None:
             assert len(message) < 400
             return
         if target is not None:
-            assert events._LABEL.match(target.namespace) and len(target.name) <= 253 and DNS_SUBDOMAIN.match(target.name)
+            assert LABEL.match(target.namespace) and SUBDOMAIN.match(target.name)
             assert target.verify_quay == (attributes["type"] == events.RESYNC_TYPE)
 
     one()
@@ -157,7 +157,8 @@ def _assert_answer(resp: httpx.Response) -> None:
 
 @pytest.fixture(scope="module")
 def client(function_proc: harness.FunctionProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=function_proc.url, timeout=30) as c:
+    with httpx.Client(base_url=function_proc.url, timeout=30,
+                      headers={"Authorization": f"Bearer {function_proc.sender_token}"}) as c:
         yield c
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests import senders
 from tests.adapter_proc import running_adapter
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import Env, wait_for
@@ -63,9 +65,14 @@ def _log_lines(fn: FunctionProcess) -> list[dict[str, Any]]:
 
 
 def _resync(cp: ControlPlane, fn: FunctionProcess, namespace: str) -> tuple[int, dict[str, Any]]:
+    """The CronJob's command as the CronJob runs it: as dockertoken-resync, presenting a token of
+    that ServiceAccount for the function's audience (the projected file of cronjob.yaml)."""
+    token_file = Path(tempfile.mkdtemp(prefix="qdt-resync-token-")) / "token"
+    token_file.write_text(senders.mint(cp, senders.RESYNC_SA, seconds=600))
     proc = subprocess.run(
         [sys.executable, "-m", "function.resync", "--sink", fn.url, "--namespace", namespace],
-        env={**os.environ, "KUBECONFIG": str(cp.kubeconfigs["dockertoken-resync"])},
+        env={**os.environ, "KUBECONFIG": str(cp.kubeconfigs["dockertoken-resync"]),
+             "RESYNC_TOKEN_FILE": str(token_file)},
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 

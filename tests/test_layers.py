@@ -15,7 +15,7 @@ LAYERS = [
     {"pullsecret", "claims", "steps", "protection"},
     {"decide"},
     {"cache", "kube", "quay", "creation", "inuse"},
-    {"observe", "apply"},
+    {"observe", "apply", "auth"},
     {"reconcile", "resync"},
     {"main"},
 ]

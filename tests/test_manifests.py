@@ -50,6 +50,7 @@ BUILTIN_KINDS = {
     "ClusterRole",
     "ClusterRoleBinding",
     "CronJob",
+    "NetworkPolicy",
     "CustomResourceDefinition",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
@@ -567,7 +568,9 @@ def test_apiserversource() -> None:
                 "kind": crd["spec"]["names"]["kind"],
             }
         ]
-        assert src["sink"] == {"ref": sink}
+        # the direct sink (a Knative Service announces no audience) names the function's audience
+        audience = {"audience": "quay-dockertoken"} if build == "base" else {}
+        assert src["sink"] == {"ref": sink, **audience}
         find(objs, sink["kind"], sink["name"])  # the sink exists in the same build
 
 
@@ -695,3 +698,98 @@ def test_documented_dockertoken_example_is_valid() -> None:
     bad = copy.deepcopy(tokens[0])
     bad["spec"]["preserveInQuayOnDeletion"] = "no"
     assert dockertoken_errors(bad)
+
+
+# --- Trust boundaries (issue 18) ----------------------------------------------------------------
+
+OIDC_SOURCE = "system:serviceaccount:quay-system:dockertoken-source-oidc-sources.knative.dev-apiserversource"
+OIDC_TRIGGER = "system:serviceaccount:quay-system:dockertoken-reconciler-oidc-eventing.knative.dev-trigger"
+RESYNC = "system:serviceaccount:quay-system:dockertoken-resync"
+
+
+@pytest.mark.parametrize(("build", "identities", "cron_audience"), [
+    ("base", {OIDC_SOURCE, RESYNC}, "quay-dockertoken"),
+    ("broker", {OIDC_TRIGGER}, "eventing.knative.dev/broker/quay-system/dockertoken"),
+])
+def test_senders_are_checked_and_each_sender_presents_a_token(build: str, identities: set[str],
+                                                               cron_audience: str) -> None:
+    """The check is on in every build (never SENDER_AUTH=off), trusts exactly the senders of that
+    build, and each sender is given a token for the audience its receiver checks."""
+    from function.auth import Settings
+
+    objs = built(build)
+    (ctr,) = pod_spec(find(objs, "Service", "dockertoken-reconciler"))["containers"]
+    settings = Settings.from_env(env_of(ctr))
+    assert settings.enabled and env_of(ctr)["SENDER_AUTH"] == "tokenreview"
+    assert settings.audience == "quay-dockertoken"
+    assert settings.identities == identities
+    cron = find(objs, "CronJob", "dockertoken-resync")
+    pod = pod_spec(cron)
+    (job,) = pod["containers"]
+    (mount,) = [m for m in job["volumeMounts"] if m["name"] == "sender-token"]
+    assert env_of(job)["RESYNC_TOKEN_FILE"] == f"{mount['mountPath']}/token"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "sender-token"]
+    (projected,) = volume["projected"]["sources"]
+    assert projected["serviceAccountToken"]["audience"] == cron_audience
+    assert projected["serviceAccountToken"]["path"] == "token"
+    if build == "broker":
+        trigger = find(objs, "Trigger", "dockertoken-reconciler")
+        assert trigger["spec"]["subscriber"]["audience"] == "quay-dockertoken"
+
+
+def test_the_function_container_runs_read_only_with_a_tmp_volume() -> None:
+    for build in BUILDS:
+        pod = pod_spec(find(built(build), "Service", "dockertoken-reconciler"))
+        (ctr,) = pod["containers"]
+        assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+        (mount,) = ctr["volumeMounts"]
+        assert mount["mountPath"] == "/tmp"
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert "emptyDir" in volume
+
+
+def test_network_policy_admits_only_the_senders_and_knatives_data_plane() -> None:
+    objs = built("base")
+    policy = find(objs, "NetworkPolicy", "dockertoken-reconciler-ingress")
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"serving.knative.dev/service": "dockertoken-reconciler"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert "ports" not in rule
+    peers = rule["from"]
+    pods = [p["podSelector"]["matchLabels"] for p in peers if "podSelector" in p]
+    assert {"eventing.knative.dev/source": "apiserver-source-controller",
+            "eventing.knative.dev/sourceName": "dockertoken-source"} in pods
+    job_labels = pod_template_labels(find(objs, "CronJob", "dockertoken-resync"))
+    (resync,) = [p for p in pods if "eventing.knative.dev/source" not in p]
+    assert resync.items() <= job_labels.items()
+    (namespaces,) = [p["namespaceSelector"] for p in peers if "namespaceSelector" in p]
+    assert "podSelector" not in namespaces
+    (expr,) = namespaces["matchExpressions"]
+    assert expr["key"] == "kubernetes.io/metadata.name" and "knative-serving" in expr["values"]
+
+
+def pod_template_labels(cron: dict[str, Any]) -> dict[str, str]:
+    return dict(cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("field", ["connSecretRef", "retSecretRef"])
+def test_crd_names_and_namespaces_are_names_never_paths(field: str) -> None:
+    """The schema's patterns are the model's (function/model.py): no "/", no "." or ".."."""
+    from function.model import LABEL, SUBDOMAIN
+
+    crd = find(built("base"), "CustomResourceDefinition", "dockertokens.quay.herve4m.github.io")
+    (version,) = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    props = spec[field]["properties"]
+    assert props["name"]["maxLength"] == 253 and props["namespace"]["maxLength"] == 63
+    assert re.compile(props["name"]["pattern"]).pattern == SUBDOMAIN.pattern.replace("(?=.{1,253}$)", "")
+    # empty: the DockerToken's own namespace (as the original operator's objects may say)
+    assert props["namespace"]["pattern"] == "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+    assert re.match(props["namespace"]["pattern"], "")
+    accounts = spec["serviceAccounts"]["items"]
+    assert accounts["pattern"] == props["name"]["pattern"] and accounts["maxLength"] == 253
+    for hostile in ("..", ".", "%2e%2e", "a/b", "../../team-b/secrets/quay-admin", "A", "-a"):
+        assert not re.match(props["name"]["pattern"], hostile)
+        assert not re.match(props["namespace"]["pattern"], hostile)
+        assert not SUBDOMAIN.match(hostile) and not LABEL.match(hostile)

@@ -47,3 +47,15 @@ def test_an_edited_copy_of_the_code_makes_the_secret_untrusted() -> None:
     body["data"]["tokenCode"] = base64.b64encode(b"tampered").decode()
     assert pullsecret.token_from(body) is None
     assert not pullsecret.is_intact(body, pullsecret.build(DT, Ref("ns", "pull"), TOKEN, "q"))
+
+
+def test_a_planted_secret_with_an_empty_or_missing_owner_uid_is_not_ours() -> None:
+    """Issue 18: the owner annotation alone, with an empty (or no) owner-uid, could be written by
+    anyone who may create a Secret in that namespace; a token code must never go into it."""
+    for uid in ("", None):
+        annotations = {pullsecret.OWNER_ANNOTATION: "ns/dt"}
+        if uid is not None:
+            annotations[pullsecret.OWNER_UID_ANNOTATION] = uid
+        planted = {"metadata": {"name": "pull", "annotations": annotations,
+                                "labels": {pullsecret.MANAGED_BY_LABEL: pullsecret.MANAGED_BY}}}
+        assert not pullsecret.is_ours(planted, DT)

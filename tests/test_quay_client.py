@@ -529,7 +529,8 @@ CODE = "A" * 120
     ("revoke", _page(404, "<html><title>Not Found</title></html>"), QuayFeatureDisabled,
      "wrong path"),
     ("list", _page(302, ""), QuayUnexpectedResponse, "HTTP 302"),
-    ("list", _page(418, "x" * 5000, "text/plain"), QuayUnexpectedResponse, "x" * 200 + "..."),
+    # not Quay's JSON: a short excerpt only (issue 18: the host may be anything)
+    ("list", _page(418, "x" * 5000, "text/plain"), QuayUnexpectedResponse, "x" * 80 + "..."),
     ("create", _json(400, {"message": f"bad {CODE}"}), QuayInvalidRequest, "bad ***"),
     ("list", _json(409, {"error": "conflict"}), QuayUnexpectedResponse, "conflict"),
 ])
@@ -1189,3 +1190,17 @@ def test_registry_debug_lines_carry_no_code(sim: QuaySimulator,
         "quay GET /v2/ -> 401 in N ms", f"quay GET {sim.base_url}/v2/auth -> 200 in N ms"]
     basic = base64.b64encode(f"$app:{token.code}".encode()).decode()
     assert token.code not in caplog.text and basic not in caplog.text
+
+
+def test_a_foreign_host_is_quoted_short_and_printable_only() -> None:
+    """Issue 18: the host is the tenant's choice (an internal service, a metadata endpoint): its
+    answer is read back through status only as a short excerpt of printable ASCII."""
+    page = "<html>\x1b[31m" + "internal-secret-" * 50 + "</html>"
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=page.encode(), headers={"Content-Type": "text/html"}))
+    with QuayClient(Connection("https://q", "q", token="oauth"), transport=transport) as client, \
+            pytest.raises(QuayUnexpectedResponse) as caught:
+        client.list_tokens()
+    excerpt = str(caught.value).split("(text/html): ", 1)[1]
+    assert len(excerpt) <= 83 and "\x1b" not in excerpt and excerpt.endswith("...")
+    assert excerpt.count("internal-secret-") < 5

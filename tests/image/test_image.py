@@ -7,8 +7,9 @@ so a plain ``scripts/test`` needs no container engine.
 The function container runs as the image's own user (no ``--user``), with a read-only root
 filesystem and a tmpfs on /tmp only (what a pod with an emptyDir there gets), on the host network
 (the control plane and the simulator listen on loopback), with the kubeconfig of the reconciler's
-ServiceAccount identity mounted read-only. The resync runs from the same image as the CronJob
-runs it (``python -m function.resync``), as the resync identity.
+ServiceAccount identity mounted read-only, checking senders as the Service does (events carry
+a token minted by the API server). The resync runs from the same image as the CronJob runs it
+(``python -m function.resync``), as the resync identity, presenting that identity's token.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import httpx
 import pytest
 import yaml
 
-from tests import harness, waiting
+from tests import harness, senders, waiting
 from tests.controlplane import ControlPlane
 from tests.env import Env, G, P, V, dockerconfig, wait_for
 
@@ -77,6 +78,8 @@ def identity_dir(control_plane: ControlPlane) -> Iterator[Path]:
             cluster["cluster"]["certificate-authority"] = "ca.crt"  # relative to the kubeconfig
         path = folder / f"kubeconfig-{identity}"
         path.write_text(yaml.safe_dump(config))
+    # the resync identity's own token for the function's audience, as cronjob.yaml projects it
+    (folder / "resync-token").write_text(senders.mint(control_plane, senders.RESYNC_SA, seconds=3600))
     for path in folder.iterdir():
         path.chmod(0o644)
     yield folder
@@ -86,8 +89,8 @@ def identity_dir(control_plane: ControlPlane) -> Iterator[Path]:
 class ImageFunction(harness.FunctionProcess):
     """The image's entrypoint (functions-framework) in a container, its output in ``log_path``."""
 
-    def __init__(self, identity_dir: Path) -> None:
-        super().__init__(identity_dir / "kubeconfig-dockertoken-reconciler")
+    def __init__(self, identity_dir: Path, sender_token: str) -> None:
+        super().__init__(identity_dir / "kubeconfig-dockertoken-reconciler", sender_token=sender_token)
         self.identity_dir = identity_dir
         self.name = f"qdt-image-test-{uuid.uuid4().hex[:8]}"
 
@@ -96,6 +99,9 @@ class ImageFunction(harness.FunctionProcess):
                 *run_args(self.identity_dir, "dockertoken-reconciler"),
                 # Knative sets PORT; the Service sets THREADS and LOG_LEVEL.
                 "--env", f"PORT={self.port}", "--env", "THREADS=10", "--env", "LOG_LEVEL=INFO",
+                # and it checks senders as the Service does (tests/senders.py)
+                *(arg for key, value in senders.FUNCTION_ENV.items()
+                  for arg in ("--env", f"{key}={value}")),
                 IMAGE, "--host", "127.0.0.1"]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -127,7 +133,8 @@ class ImageFunction(harness.FunctionProcess):
 
 @pytest.fixture(scope="module")
 def image_fn(control_plane: ControlPlane, identity_dir: Path) -> Iterator[ImageFunction]:
-    fn = ImageFunction(identity_dir)
+    senders.install_oidc_identity(control_plane)
+    fn = ImageFunction(identity_dir, senders.mint(control_plane, senders.SOURCE_OIDC_SA))
     with fn:
         yield fn
 
@@ -189,6 +196,7 @@ def test_resync_from_the_image_restores_a_deleted_secret(world: Env, identity_di
 
     # What the CronJob runs: same image, command python -m function.resync, its own identity.
     out = engine("run", "--rm", *run_args(identity_dir, "dockertoken-resync"),
+                 "--env", f"RESYNC_TOKEN_FILE={MOUNT}/resync-token",
                  "--entrypoint", "python", IMAGE, "-m", "function.resync",
                  "--sink", world.fn.url)
     harness.RESPONSES.append(out.stdout + out.stderr)  # scanned for credentials too
