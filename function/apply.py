@@ -81,8 +81,8 @@ class Pass:
                 logger.debug("quay sign-out failed", exc_info=True)
         return Tally(tuple(self.actions), calls, self.kube.writes, self.creator.claims_read)
 
-    def _perform_all(self, steps: Iterable[steps.Step]) -> None:
-        for step in steps:
+    def _perform_all(self, todo: Iterable[steps.Step]) -> None:
+        for step in todo:
             try:
                 self._perform(step)
             except Exception as exc:
