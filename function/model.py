@@ -25,6 +25,9 @@ MAX_TITLE = 255
 # Changing this annotation's value asks for a reconcile now, even while a failure waits for its
 # retry time (like Flux's reconcile.fluxcd.io/requestedAt): `kubectl annotate --overwrite ...`.
 RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
+# Setting this annotation to a new value asks for a new token now (`kubectl dockertoken renew`);
+# the value handled is recorded in status.renewRequest, so a value is acted on once.
+RENEW_REQUEST = "quay.herve4m.github.io/renew-request"
 # On every DockerToken the function manages, one label per (Quay host, token title) whose tokens
 # it may claim, keyed by a hash (decide.claim_label): the claim and lease checks list only the
 # objects that can matter, whatever the size of the cluster.
@@ -97,6 +100,7 @@ class Status:
     revoke_after: str = ""          # pendingRevocation waits until then (a rotation's grace)
     registry: str = ""              # the registry's own host (Quay's SERVER_HOSTNAME), if other
     service_accounts: tuple[str, ...] = ()  # those whose imagePullSecrets hold the Secret
+    renew_request: str = ""         # the RENEW_REQUEST value last acted on
     conditions: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
@@ -127,6 +131,7 @@ class Status:
             revoke_after=str(raw.get("revokeAfter") or ""),
             registry=str(raw.get("registry") or ""),
             service_accounts=tuple(str(n) for n in raw.get("serviceAccounts") or ()),
+            renew_request=str(raw.get("renewRequest") or ""),
             conditions=tuple(raw.get("conditions") or ()),
         )
 
@@ -153,6 +158,7 @@ class DockerToken:
     service_accounts: tuple[str, ...]  # spec.serviceAccounts
     secret_template: object            # spec.secretTemplate as written (None when unset)
     reconcile_request: str
+    renew_request: str                 # the RENEW_REQUEST annotation ("" when unset)
     claim_labels: frozenset[str]
     status: Status
 
@@ -185,6 +191,7 @@ class DockerToken:
                 str(n) for n in spec.get("serviceAccounts") or () if isinstance(n, str) and n)),
             secret_template=spec.get("secretTemplate"),
             reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
+            renew_request=str((meta.get("annotations") or {}).get(RENEW_REQUEST) or ""),
             claim_labels=frozenset(k for k in meta.get("labels") or {} if k.startswith(CLAIM_LABEL_PREFIX)),
             status=Status.from_object(obj.get("status")),
         )
