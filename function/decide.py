@@ -312,8 +312,9 @@ def inputs_digest(ob: Observed) -> str:
     foreign = ""
     if ret is not None and not pullsecret.is_ours(ret, ob.dt):
         foreign = str((ret.get("metadata") or {}).get("resourceVersion") or "")
-    parts = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "", ob.dt.reconcile_request,
-             str(ob.dt.conn_secret), ob.conn_version, foreign, ob.consent_version)
+    parts: tuple[str, ...] = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "",
+                              ob.dt.reconcile_request, str(ob.dt.conn_secret), ob.conn_version,
+                              foreign, ob.consent_version)
     if ob.dt.renew_request:  # only when set, so the digests of other objects stay as they were
         parts += (ob.dt.renew_request,)
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]

@@ -14,10 +14,10 @@ LAYERS = [
     {"connection", "renewal", "template", "kevents", "events"},
     {"pullsecret"},
     {"decide"},
-    {"cache", "kube", "quay"},
+    {"cache", "kube", "quay", "fleet"},
     {"observe", "apply"},
-    {"reconcile", "resync"},
-    {"main"},
+    {"reconcile", "resync", "audit"},
+    {"main", "kubectl"},
 ]
 
 
