@@ -76,7 +76,7 @@ def test_ages(text: str, seconds: int) -> None:
 
 @pytest.mark.parametrize("text", ["30", "0d", "-1d", "1w", "1.5d", "30 d", ""])
 def test_bad_ages_name_the_flag(text: str) -> None:
-    with pytest.raises(ConfigError, match="--older-than: .* such as 30d"):
+    with pytest.raises(ConfigError, match=r"--older-than: .* such as 30d"):
         fleet.parse_age(text)
 
 
