@@ -89,7 +89,8 @@ def audit(kube: Kube, *, now: datetime.datetime, unused_after: datetime.timedelt
     for ref in refs:
         conn, error = _connection(kube, ref)
         if conn is None:
-            report.groups.append(Group([str(ref)], error=error))
+            users = sum(c.conn == ref for c in claims)
+            report.groups.append(Group([str(ref)], error=f"{error} (used by {users} DockerToken(s))"))
             continue
         group = groups.get(conn.fingerprint)
         if group is None:

@@ -83,9 +83,10 @@ def describe(obj: Mapping[str, Any], events: Sequence[Mapping[str, Any]], now: d
             text += f": {cond['message']}"
         rows.append((type_, text))
     rows.append(("Token", f"{st.uuid}  created {raw.get('createdTime') or '?'}" if st.uuid else "none yet"))
-    rows.append(("Expires", when("expirationTime", "never")))
-    rows.append(("Renewal", when("renewalTime", "never (the token does not expire)")))
-    rows.append(("Last accessed", when("lastAccessedTime", "never (as of the last resync)")))
+    if st.uuid:
+        rows.append(("Expires", when("expirationTime", "never")))
+        rows.append(("Renewal", when("renewalTime", "never (the token does not expire)")))
+        rows.append(("Last accessed", when("lastAccessedTime", "never (as of the last resync)")))
     ret = dt.ret_secret or st.ret_secret
     rows.append(("Pull Secret", str(ret) if ret else "none (no spec.retSecretRef)"))
     if dt.service_accounts:
@@ -183,8 +184,8 @@ def cmd_renew(kube: Kube, namespace: str, name: str, out: TextIO, now: Clock, *,
         current = _get(kube, namespace, name)
         dt = DockerToken.from_object(current)
         if dt.status.renew_request == value:
-            st = dt.status
-            print(f"Renewed: new token {st.uuid}, expires {st.expiration or 'never'}.", file=out)
+            st, expires = dt.status, (current.get("status") or {}).get("expirationTime")
+            print(f"Renewed: new token {st.uuid}, expires {expires or 'never'}.", file=out)
             if st.pending_revocation:
                 print(f"The old token stays valid for pulls in flight until {st.revoke_after}; "
                       "the first pass after that revokes it.", file=out)
