@@ -272,3 +272,24 @@ def test_every_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
     broken = subprocess.run([promtool, "test", "rules", "test.yaml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert broken.returncode != 0
+
+
+# -- the overlay's other objects -------------------------------------------------------------------
+def test_the_overlay_objects_validate_and_read_only_dockertokens() -> None:
+    import kubernetes_validate
+
+    objs = overlay()
+    assert {o["kind"] for o in objs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                                         "Deployment", "Service", "ServiceMonitor", "PrometheusRule"}
+    for obj in objs:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's kinds: promtool and the scrape test check their content
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+        assert obj["metadata"].get("namespace", "quay-system") == "quay-system"
+    role = next(o for o in objs if o["kind"] == "ClusterRole")
+    assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in role["rules"])  # read-only
+    config = next(o for o in objs if o["kind"] == "ConfigMap")
+    assert config["data"]["custom-resource-state.yaml"] == (OVERLAY / "custom-resource-state.yaml").read_text()
+    deployment = next(o for o in objs if o["kind"] == "Deployment")
+    volume = deployment["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["configMap"]["name"] == config["metadata"]["name"]  # the generated name, hashed
