@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 QuayFactory = Callable[[Connection], "QuayClient"]
 DEFAULT_UNUSED = "30d"
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass
@@ -282,7 +284,7 @@ def main(argv: Sequence[str] | None = None, *, kube: Kube | None = None,
 
 def _ref(text: str) -> Ref:
     namespace, _, name = text.partition("/")
-    if not namespace or not name or "/" in name:
+    if not (_NAME.fullmatch(namespace) and _NAME.fullmatch(name)):
         raise PermanentError(f"--connection: {text!r} is not NAMESPACE/NAME of a Secret")
     return Ref(namespace, name)
 

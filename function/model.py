@@ -7,6 +7,7 @@ field-naming messages.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
 # Setting this annotation to a new value asks for a new token now (`kubectl dockertoken renew`);
 # the value handled is recorded in status.renewRequest, so a value is acted on once.
 RENEW_REQUEST = "quay.herve4m.github.io/renew-request"
+MAX_REQUEST = 128  # longer values are recorded as their digest (request_key)
 # On every DockerToken the function manages, one label per (Quay host, token title) whose tokens
 # it may claim, keyed by a hash (decide.claim_label): the claim and lease checks list only the
 # objects that can matter, whatever the size of the cluster.
@@ -191,7 +193,7 @@ class DockerToken:
                 str(n) for n in spec.get("serviceAccounts") or () if isinstance(n, str) and n)),
             secret_template=spec.get("secretTemplate"),
             reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
-            renew_request=str((meta.get("annotations") or {}).get(RENEW_REQUEST) or ""),
+            renew_request=request_key((meta.get("annotations") or {}).get(RENEW_REQUEST)),
             claim_labels=frozenset(k for k in meta.get("labels") or {} if k.startswith(CLAIM_LABEL_PREFIX)),
             status=Status.from_object(obj.get("status")),
         )
@@ -211,6 +213,15 @@ class DockerToken:
         if self.service_accounts and self.ret_secret is None:
             raise ConfigError("spec.serviceAccounts: needs spec.retSecretRef (the Secret to attach); "
                               "set retSecretRef or remove serviceAccounts")
+
+
+def request_key(raw: object) -> str:
+    """The renew-request annotation as status records it: the value itself, or a digest of one
+    longer than a timestamp needs (an annotation may hold 256 KiB; status never copies that)."""
+    value = raw if isinstance(raw, str) else ""
+    if len(value) <= MAX_REQUEST:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def _int(raw: object) -> int:

@@ -145,7 +145,8 @@ def test_revoke_refuses_young_limits_and_missing_flags(env: Env) -> None:
     for argv, fragment in ((["--revoke-orphans"], "--revoke-orphans needs --older-than"),
                            (["--yes"], "go with --revoke-orphans"),
                            (["--revoke-orphans", "--older-than", "1d2h"], "--older-than: '1d2h'"),
-                           (["--connection", "nope"], "--connection: 'nope' is not NAMESPACE/NAME")):
+                           (["--connection", "nope"], "--connection: 'nope' is not NAMESPACE/NAME"),
+                           (["--connection", "../x"], "--connection: '../x' is not NAMESPACE/NAME")):
         proc = subprocess.run([sys.executable, "-m", "function.audit", *argv], capture_output=True,
                               text=True, cwd=ROOT, timeout=60,
                               env={"KUBECONFIG": str(env.cp.kubeconfigs["admin"]), "PATH": ""})

@@ -195,3 +195,14 @@ def test_token_times_are_rfc3339_and_absent_when_quay_gives_none() -> None:
     assert decide.token_times(token) == {"createdTime": "2026-11-26T12:00:00Z",
                                          "expirationTime": "2026-11-27T11:00:00Z",
                                          "lastAccessedTime": None}
+
+
+def test_a_huge_renew_request_is_recorded_as_its_digest_and_acted_on_once() -> None:
+    """An annotation may hold 256 KiB: status records a digest, and the echo still matches."""
+    huge = "x" * 200_000
+    dt = _with_annotation(huge, IN_ORDER)
+    assert dt.renew_request.startswith("sha256:") and len(dt.renew_request) == 71
+    assert decide.token_step(dt, HELD, verify=False, now=NOW)[0] is decide.TokenStep.ROTATE
+    st = decide.recorded(dt, Token("u2", "mytoken"), (), revoke_old=True)
+    assert st["renewRequest"] == dt.renew_request
+    assert not decide.renew_requested(_with_annotation(huge, {**IN_ORDER, **st}))
