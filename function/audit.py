@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 QuayFactory = Callable[[Connection], "QuayClient"]
 DEFAULT_UNUSED = "30d"
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# a Kubernetes object or namespace name (DNS subdomain): what the commands accept on their command line
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None, *, kube: Kube | None = None,
 
 def _ref(text: str) -> Ref:
     namespace, _, name = text.partition("/")
-    if not (_NAME.fullmatch(namespace) and _NAME.fullmatch(name)):
+    if not (NAME.fullmatch(namespace) and NAME.fullmatch(name)):
         raise PermanentError(f"--connection: {text!r} is not NAMESPACE/NAME of a Secret")
     return Ref(namespace, name)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,6 @@ from function.kube import Conflict, Kube
 from function.model import RENEW_REQUEST, DockerToken
 
 PROG = "kubectl dockertoken"
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 EVENTS_SHOWN = 8
 Clock = Callable[[], datetime.datetime]
 
@@ -232,10 +230,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout, now: Cl
         return audit.main(args_list[1:], kube=kube, out=out, prog=f"{PROG} audit")
     p = parser()
     args = p.parse_args(args_list)
-    if not _NAME.fullmatch(args.name) or len(args.name) > 253:
+    if not audit.NAME.fullmatch(args.name) or len(args.name) > 253:
         p.error(f"NAME: {args.name!r} is not a Kubernetes object name (lower-case letters, digits, '-', '.')")
     namespace = args.namespace or context_namespace(args.kubeconfig)
-    if not _NAME.fullmatch(namespace):
+    if not audit.NAME.fullmatch(namespace):
         p.error(f"--namespace: {namespace!r} is not a namespace name")
     try:
         kube = kube or (Kube.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Kube())
