@@ -18,6 +18,7 @@ import pytest
 
 from function import audit
 from function.kube import Kube
+from function.model import Ref
 from tests.controlplane import ROOT
 from tests.env import USER, Env, G, P, V
 from tests.quaysim import ADMIN_TOKEN, QuaySimulator
@@ -165,3 +166,22 @@ def test_the_command_runs_as_a_process_and_reports_a_broken_connection(env: Env)
     assert proc.returncode == 1, proc.stderr
     assert f"Connection {env.ns}/broken" in proc.stdout and "error: connSecretRef" in proc.stdout
     assert time.monotonic() - started < 30
+
+
+def test_an_orphan_claimed_between_the_audit_and_the_revocation_is_kept(env: Env,
+                                                                        other_quay: QuaySimulator) -> None:
+    ids = _seed(env, other_quay)
+    kube = Kube.from_kubeconfig(env.cp.kubeconfigs["admin"])
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=LATER)
+    report = audit.audit(kube, now=later, unused_after=datetime.timedelta(days=30),
+                         connection=Ref(env.ns, "quay-credentials"))
+    # meanwhile a DockerToken records the hand-made token (as an adoption would)
+    env.dockertoken("adopter", title="made in the UI", ret=None)
+    env.custom.patch_namespaced_custom_object_status(G, V, env.ns, P, "adopter",
+                                                     {"status": {"uuid": ids["by-hand"]}})
+    out = io.StringIO()
+    count = audit.revoke_orphans(kube, report, older_than=datetime.timedelta(days=30), now=later, out=out)
+    assert f"kept {ids['by-hand']}: a DockerToken claims it now" in out.getvalue()
+    left = {t["uuid"] for t in env.tokens()}
+    assert count == 2 and ids["by-hand"] in left
+    assert ids["left-orphan"] not in left and ids["expired"] not in left
