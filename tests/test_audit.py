@@ -92,8 +92,10 @@ def _mine(doc: dict[str, Any], env: Env, other: QuaySimulator) -> dict[str, dict
 def test_the_audit_finds_every_orphan_and_only_orphans(env: Env, other_quay: QuaySimulator) -> None:
     ids = _seed(env, other_quay)
     code, text = _run(env, "--json")
-    assert code == 0, text
     doc = json.loads(text)
+    # other tests' objects share the cluster, some with connections that cannot be audited
+    assert code == (1 if doc["totals"]["errors"] else 0)
+    assert not [c for c in doc["connections"] if c["error"] and c["secrets"][0].startswith(f"{env.ns}/")]
     rows = _mine(doc, env, other_quay)
     states = {role: (rows[u]["state"], rows[u]["owner"]) for role, u in ids.items() if u in rows}
     ns = env.ns
