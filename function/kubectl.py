@@ -162,7 +162,7 @@ def cmd_renew(kube: Kube, namespace: str, name: str, out: TextIO, now: Clock, *,
         if dt.deleting:
             raise PermanentError(f"DockerToken {namespace}/{name} is being deleted; nothing to renew")
         if decide.renew_requested(dt):
-            value = dt.renew_request
+            value, asked = dt.renew_request, ""  # a failure in status is the answer to it
             print(f"A renewal requested at {value} is waiting for the reconciler; not asking again.",
                   file=out)
             break
@@ -173,6 +173,7 @@ def cmd_renew(kube: Kube, namespace: str, name: str, out: TextIO, now: Clock, *,
             continue
         if not written:
             raise PermanentError(f"DockerToken {namespace}/{name} not found")
+        asked = str((written.get("metadata") or {}).get("resourceVersion") or "")
         print(f"Renewal requested ({RENEW_REQUEST}={value}); old token {dt.status.uuid or 'none'}.", file=out)
         break
     else:
@@ -193,8 +194,10 @@ def cmd_renew(kube: Kube, namespace: str, name: str, out: TextIO, now: Clock, *,
                   f"`{PROG} status {name}` shows what happened.", file=out)
             return 1
         ready = dt.status.condition(conditions.READY) or {}
-        if dt.status.retry is not None and ready.get("status") == "False":
-            print(f"The reconciler could not renew it: {ready.get('reason')}: {ready.get('message')}",
+        # a failure recorded after the request (not one from before it, still in status)
+        if dt.resource_version != asked and dt.status.retry is not None and ready.get("status") == "False":
+            print(f"Not renewed: the DockerToken is failing ({ready.get('reason')}: "
+                  f"{ready.get('message')}); fix that and the request is carried out on the next pass.",
                   file=out)
             return 1
         if time.monotonic() >= deadline:

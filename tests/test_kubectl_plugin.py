@@ -135,8 +135,8 @@ def test_renew_asks_once_while_a_request_waits(penv: Env) -> None:
 
     waited = kubectl_dockertoken(penv, "renew", "dockertoken-sample", "-n", penv.ns, "--wait", "10")
     assert waited.returncode == 1
-    assert "could not renew it: ConnectionSecretNotFound: connSecretRef: quay-credentials: secret not found" \
-        in waited.stdout
+    assert "Not renewed: the DockerToken is failing (ConnectionSecretNotFound: connSecretRef: " \
+        "quay-credentials: secret not found); fix that" in waited.stdout
 
     shown = kubectl_dockertoken(penv, "status", "dockertoken-sample", "-n", penv.ns)
     assert shown.returncode == 1  # not Ready
