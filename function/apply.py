@@ -206,6 +206,7 @@ class Apply:
         token, replaced = self._token()
         if token is not None:
             self.status["expiration"] = token.expiration or None
+            self.status.update(decide.token_times(token))
             if token.created:
                 self.status.update(decide.renewal_fields(self.dt, token))
             if plan.write_secret is not None:
@@ -214,6 +215,8 @@ class Apply:
             self._delete_secret(ref)
         if self.dt.ret_secret is None:
             self.status["retSecret"] = None
+        if self.ob.conn is not None:  # the registry the pull Secret is for (a metrics label)
+            self.status["registryHost"] = self.status.get("registry") or self.ob.conn.registry
         self._edit_service_accounts()
         if plan.attached is not None:
             self.status["serviceAccounts"] = list(plan.attached) or None

@@ -271,7 +271,7 @@ def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
         return TokenStep.ACQUIRE, f"spec.name changed from {st.token_name!r}; replaced the token"
     if is_expired(st.expiration, now):
         return TokenStep.ACQUIRE, f"token {st.uuid} expired on {st.expiration}; created a replacement"
-    if renewal.is_due(parse_time(st.renewal_time), now):
+    if renewal.is_due(parse_time(st.renewal_time), now) or renew_requested(dt):
         return TokenStep.ROTATE, ""
     if dt.ret_secret is not None and held is None:
         return TokenStep.FETCH, ""
@@ -317,6 +317,20 @@ def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any]
     return tuple(edits), tuple(attached)
 
 
+def renew_requested(dt: DockerToken) -> bool:
+    """Whether the renew-request annotation holds a value no pass has acted on yet (the value
+    acted on is recorded with the new token, so the echo of that write rotates nothing)."""
+    return bool(dt.renew_request) and dt.renew_request != dt.status.renew_request
+
+
+def token_times(token: Token) -> dict[str, Any]:
+    """The token's dates as RFC 3339 (``status.expiration`` keeps Quay's RFC 2822 text): what
+    metrics, alerts and ``kubectl dockertoken status`` read. None removes a date Quay does not give."""
+    return {key: rfc3339(when) if (when := parse_time(value)) is not None else None
+            for key, value in (("createdTime", token.created), ("expirationTime", token.expiration),
+                               ("lastAccessedTime", token.last_accessed))}
+
+
 def renewal_fields(dt: DockerToken, token: Token) -> dict[str, Any]:
     """``status.renewalTime`` for ``token`` (None when it does not expire)."""
     renew_before = renewal.parse_duration(dt.renew_before) if dt.renew_before else None
@@ -346,8 +360,11 @@ def inputs_digest(ob: Observed) -> str:
     foreign = ""
     if ret is not None and not pullsecret.is_ours(ret, ob.dt):
         foreign = str((ret.get("metadata") or {}).get("resourceVersion") or "")
-    parts = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "", ob.dt.reconcile_request,
-             str(ob.dt.conn_secret), ob.conn_version, foreign, ob.consent_version)
+    parts: tuple[str, ...] = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "",
+                              ob.dt.reconcile_request, str(ob.dt.conn_secret), ob.conn_version,
+                              foreign, ob.consent_version)
+    if ob.dt.renew_request:  # only when set, so the digests of other objects stay as they were
+        parts += (ob.dt.renew_request,)
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
@@ -423,7 +440,7 @@ def recorded(dt: DockerToken, token: Token, pending: Iterable[str], *, revoke_ol
     return {"uuid": token.uuid, "tokenName": dt.title, "expiration": token.expiration or None,
             "existInQuay": True, "creation": None, "pendingRevocation": keep or None,
             "revokeAfter": (grace_until or dt.status.revoke_after or None) if keep else None,
-            **renewal_fields(dt, token)}
+            "renewRequest": dt.renew_request or None, **token_times(token), **renewal_fields(dt, token)}
 
 
 def revocation_due(status: Mapping[str, Any], now: datetime.datetime) -> bool:

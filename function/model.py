@@ -7,6 +7,7 @@ field-naming messages.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ MAX_TITLE = 255
 # Changing this annotation's value asks for a reconcile now, even while a failure waits for its
 # retry time (like Flux's reconcile.fluxcd.io/requestedAt): `kubectl annotate --overwrite ...`.
 RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
+# Setting this annotation to a new value asks for a new token now (`kubectl dockertoken renew`);
+# the value handled is recorded in status.renewRequest, so a value is acted on once.
+RENEW_REQUEST = "quay.herve4m.github.io/renew-request"
+MAX_REQUEST = 128  # longer values are recorded as their digest (request_key)
 # On every DockerToken the function manages, one label per (Quay host, token title) whose tokens
 # it may claim, keyed by a hash (decide.claim_label): the claim and lease checks list only the
 # objects that can matter, whatever the size of the cluster.
@@ -103,6 +108,7 @@ class Status:
     revoke_after: str = ""          # pendingRevocation waits until then (a rotation's grace)
     registry: str = ""              # the registry's own host (Quay's SERVER_HOSTNAME), if other
     service_accounts: tuple[str, ...] = ()  # those whose imagePullSecrets hold the Secret
+    renew_request: str = ""         # the RENEW_REQUEST value last acted on
     conditions: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
@@ -133,6 +139,7 @@ class Status:
             revoke_after=str(raw.get("revokeAfter") or ""),
             registry=str(raw.get("registry") or ""),
             service_accounts=tuple(str(n) for n in raw.get("serviceAccounts") or ()),
+            renew_request=str(raw.get("renewRequest") or ""),
             conditions=tuple(raw.get("conditions") or ()),
         )
 
@@ -159,6 +166,7 @@ class DockerToken:
     service_accounts: tuple[str, ...]  # spec.serviceAccounts
     secret_template: object            # spec.secretTemplate as written (None when unset)
     reconcile_request: str
+    renew_request: str                 # the RENEW_REQUEST annotation ("" when unset)
     claim_labels: frozenset[str]
     status: Status
 
@@ -191,6 +199,7 @@ class DockerToken:
                 str(n) for n in spec.get("serviceAccounts") or () if isinstance(n, str) and n)),
             secret_template=spec.get("secretTemplate"),
             reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
+            renew_request=request_key((meta.get("annotations") or {}).get(RENEW_REQUEST)),
             claim_labels=frozenset(k for k in meta.get("labels") or {} if k.startswith(CLAIM_LABEL_PREFIX)),
             status=Status.from_object(obj.get("status")),
         )
@@ -239,6 +248,15 @@ class DockerToken:
                     f"and '-'{'' if rule is LABEL else ' or interior dots'}, at most "
                     f"{63 if rule is LABEL else 253} characters (a name, never a path)")
         return None
+
+
+def request_key(raw: object) -> str:
+    """The renew-request annotation as status records it: the value itself, or a digest of one
+    longer than a timestamp needs (an annotation may hold 256 KiB; status never copies that)."""
+    value = raw if isinstance(raw, str) else ""
+    if len(value) <= MAX_REQUEST:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def _int(raw: object) -> int:

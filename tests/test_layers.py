@@ -14,10 +14,10 @@ LAYERS = [
     {"connection", "renewal", "template", "kevents", "events"},
     {"pullsecret", "protection"},
     {"decide"},
-    {"cache", "kube", "quay"},
+    {"cache", "kube", "quay", "fleet"},
     {"observe", "apply", "auth"},
-    {"reconcile", "resync"},
-    {"main"},
+    {"reconcile", "resync", "audit"},
+    {"main", "kubectl"},
 ]
 
 
