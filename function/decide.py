@@ -277,11 +277,25 @@ def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
         return TokenStep.ACQUIRE, f"spec.name changed from {st.token_name!r}; replaced the token"
     if is_expired(st.expiration, now):
         return TokenStep.ACQUIRE, f"token {st.uuid} expired on {st.expiration}; created a replacement"
-    if renewal.is_due(parse_time(st.renewal_time), now):
+    if renewal.is_due(parse_time(st.renewal_time), now) or renew_requested(dt):
         return TokenStep.ROTATE, ""
     if dt.ret_secret is not None and held is None:
         return TokenStep.FETCH, ""
     return (TokenStep.VERIFY if verify else TokenStep.KEEP), ""
+
+
+def renew_requested(dt: DockerToken) -> bool:
+    """Whether the renew-request annotation holds a value no pass has acted on yet (the value
+    acted on is recorded with the new token, so the echo of that write rotates nothing)."""
+    return bool(dt.renew_request) and dt.renew_request != dt.status.renew_request
+
+
+def token_times(token: Token) -> dict[str, str]:
+    """The token's dates as RFC 3339 (``status.expiration`` keeps Quay's RFC 2822 text): what
+    metrics, alerts and ``kubectl dockertoken status`` read; "" for a date Quay does not give."""
+    return {field: rfc3339(when) if (when := parse_time(value)) is not None else ""
+            for field, value in (("created_time", token.created), ("expiration_time", token.expiration),
+                                 ("last_accessed_time", token.last_accessed))}
 
 
 # -- continuations: Quay's answers -> the next step ------------------------------------------------
@@ -387,7 +401,7 @@ def settle(ob: Observed, ensure: Ensure, got: Obtained) -> Settlement:
     dt, token = ob.dt, got.token
     st = got.status
     if token is not None:
-        st = st.with_(expiration=token.expiration)
+        st = st.with_(expiration=token.expiration, **token_times(token))
         if token.created:
             st = st.with_(renewal_time=_renewal_time(dt, token))
     base = st
@@ -401,6 +415,8 @@ def settle(ob: Observed, ensure: Ensure, got: Obtained) -> Settlement:
     steps += ensure.deletes
     if dt.ret_secret is None:
         st = st.with_(ret_secret=None)
+    assert ob.conn is not None  # the registry the pull Secret is for (a metrics label)
+    st = st.with_(registry_host=st.registry or ob.conn.registry)
     steps += ensure.sa_edits
     st = st.with_(service_accounts=ensure.attached)
     if st.pending_revocation and revocation_due(st.revoke_after, ob.now):
@@ -552,8 +568,11 @@ def inputs_digest(ob: Observed) -> str:
     foreign = ""
     if ret is not None and not pullsecret.is_ours(ret, ob.dt):
         foreign = str((ret.get("metadata") or {}).get("resourceVersion") or "")
-    parts = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "", ob.dt.reconcile_request,
-             str(ob.dt.conn_secret), ob.conn_version, foreign, ob.consent_version)
+    parts: tuple[str, ...] = (str(ob.dt.generation), "deleting" if ob.dt.deleting else "",
+                              ob.dt.reconcile_request, str(ob.dt.conn_secret), ob.conn_version,
+                              foreign, ob.consent_version)
+    if ob.dt.renew_request:  # only when set, so the digests of other objects stay as they were
+        parts += (ob.dt.renew_request,)
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
@@ -620,7 +639,8 @@ def recorded(status: Status, dt: DockerToken, token: Token, *, revoke_old: bool,
     return status.with_(uuid=token.uuid, token_name=dt.title, expiration=token.expiration,
                         exist_in_quay=True, creation=None, pending_revocation=tuple(keep),
                         revoke_after=(grace_until or dt.status.revoke_after) if keep else "",
-                        renewal_time=_renewal_time(dt, token))
+                        renewal_time=_renewal_time(dt, token), renew_request=dt.renew_request,
+                        **token_times(token))
 
 
 def revocation_due(revoke_after: str, now: datetime.datetime) -> bool:

@@ -213,6 +213,11 @@ class Kube:
         """The same connection pool with a write counter of its own (one per reconcile pass)."""
         return Kube(self._http)
 
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path) -> Kube:
+        """For the command-line tools (audit, the kubectl plugin): the kubeconfig they are given."""
+        return cls(http_client(load_config(str(path))))
+
     def _request(self, what: str, method: str, path: str, *, body: Any = None,
                  params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
                  missing_ok: bool = False) -> dict[str, Any] | None:
@@ -278,6 +283,16 @@ class Kube:
         body = {"metadata": meta}
         return self._request(f"patch metadata of {namespace}/{name}", "PATCH",
                              f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}/{_seg(name)}", body=body,
+                             headers=MERGE_PATCH, missing_ok=True) or {}
+
+    def annotate_dockertoken(self, namespace: str, name: str, resource_version: str,
+                             annotations: Mapping[str, str]) -> dict[str, Any]:
+        """Merge annotations, conditioned on ``resource_version`` (409 ``Conflict`` if anyone wrote
+        since); {} when the object is gone. ``kubectl dockertoken renew``, as its user."""
+        self.writes += 1
+        body = {"metadata": {"resourceVersion": resource_version, "annotations": dict(annotations)}}
+        return self._request(f"annotate dockertoken {namespace}/{name}", "PATCH",
+                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any],
@@ -373,6 +388,13 @@ class Kube:
         return dict(review.get("status") or {})
 
     # -- Events (events.k8s.io/v1) -----------------------------------------------------------------
+    def list_events(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The Events about the object ``uid`` (``kubectl dockertoken status``, as its user)."""
+        found = self._request(f"list events of {namespace}", "GET",
+                              f"/apis/events.k8s.io/v1/namespaces/{namespace}/events",
+                              params={"fieldSelector": f"regarding.uid={uid}"}) or {}
+        return list(found.get("items") or ())
+
     def create_event(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create an Event (build it with ``kevents.build_event``); None when it was not created
         because its namespace is gone or going (the API server refuses new objects in a

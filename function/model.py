@@ -8,6 +8,7 @@ caller gets the same field-naming messages.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ MAX_TITLE = 255
 # Changing this annotation's value asks for a reconcile now, even while a failure waits for its
 # retry time (like Flux's reconcile.fluxcd.io/requestedAt): `kubectl annotate --overwrite ...`.
 RECONCILE_REQUEST = "quay.herve4m.github.io/reconcile-request"
+# Setting this annotation to a new value asks for a new token now (`kubectl dockertoken renew`);
+# the value handled is recorded in status.renewRequest, so a value is acted on once.
+RENEW_REQUEST = "quay.herve4m.github.io/renew-request"
+MAX_REQUEST = 128  # longer values are recorded as their digest (request_key)
 # On every DockerToken the function manages, one label per (Quay host, token title) whose tokens
 # it may claim, keyed by a hash (claims.claim_label): the claim and lease checks list only the
 # objects that can matter, whatever the size of the cluster.
@@ -114,6 +119,13 @@ class Status:
     revoke_after: str = ""          # pendingRevocation waits until then (a rotation's grace)
     registry: str = ""              # the registry's own host (Quay's SERVER_HOSTNAME), if other
     service_accounts: tuple[str, ...] = ()  # those whose imagePullSecrets hold the Secret
+    renew_request: str = ""         # the RENEW_REQUEST value last acted on
+    # the token's dates in RFC 3339 (expiration keeps Quay's text), and the registry the pull
+    # Secret is for: what metrics, alerts and `kubectl dockertoken status` read
+    created_time: str = ""
+    expiration_time: str = ""
+    last_accessed_time: str = ""
+    registry_host: str = ""
     conditions: tuple[Mapping[str, Any], ...] = ()
     message: str | None = None      # None: not written yet ("" is the success message)
     observed_generation: int = 0
@@ -147,6 +159,11 @@ class Status:
             revoke_after=str(raw.get("revokeAfter") or ""),
             registry=str(raw.get("registry") or ""),
             service_accounts=tuple(str(n) for n in raw.get("serviceAccounts") or ()),
+            renew_request=str(raw.get("renewRequest") or ""),
+            created_time=str(raw.get("createdTime") or ""),
+            expiration_time=str(raw.get("expirationTime") or ""),
+            last_accessed_time=str(raw.get("lastAccessedTime") or ""),
+            registry_host=str(raw.get("registryHost") or ""),
             conditions=tuple(raw.get("conditions") or ()),
             message=message if isinstance(message, str) else None,
             observed_generation=_int(raw.get("observedGeneration")),
@@ -173,7 +190,9 @@ _KEYS = {
     "pending_revocation": "pendingRevocation", "creation": "creation", "retry": "retry",
     "renewal_time": "renewalTime", "revoke_after": "revokeAfter", "registry": "registry",
     "service_accounts": "serviceAccounts", "conditions": "conditions", "message": "message",
-    "observed_generation": "observedGeneration",
+    "observed_generation": "observedGeneration", "renew_request": "renewRequest",
+    "created_time": "createdTime", "expiration_time": "expirationTime",
+    "last_accessed_time": "lastAccessedTime", "registry_host": "registryHost",
 }
 
 
@@ -212,6 +231,7 @@ class DockerToken:
     service_accounts: tuple[str, ...]  # spec.serviceAccounts
     secret_template: object            # spec.secretTemplate as written (None when unset)
     reconcile_request: str
+    renew_request: str                 # the RENEW_REQUEST annotation ("" when unset)
     claim_labels: frozenset[str]
     status: Status
 
@@ -244,6 +264,7 @@ class DockerToken:
                 str(n) for n in spec.get("serviceAccounts") or () if isinstance(n, str) and n)),
             secret_template=spec.get("secretTemplate"),
             reconcile_request=str((meta.get("annotations") or {}).get(RECONCILE_REQUEST) or ""),
+            renew_request=request_key((meta.get("annotations") or {}).get(RENEW_REQUEST)),
             claim_labels=frozenset(k for k in meta.get("labels") or {} if k.startswith(CLAIM_LABEL_PREFIX)),
             status=Status.from_object(obj.get("status")),
         )
@@ -292,6 +313,15 @@ class DockerToken:
                     f"and '-'{'' if rule is LABEL else ' or interior dots'}, at most "
                     f"{63 if rule is LABEL else 253} characters (a name, never a path)")
         return None
+
+
+def request_key(raw: object) -> str:
+    """The renew-request annotation as status records it: the value itself, or a digest of one
+    longer than a timestamp needs (an annotation may hold 256 KiB; status never copies that)."""
+    value = raw if isinstance(raw, str) else ""
+    if len(value) <= MAX_REQUEST:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def _int(raw: object) -> int:

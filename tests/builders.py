@@ -49,7 +49,8 @@ def settled(**extra: Any) -> dict[str, Any]:
     """The status of an object in order holding TOKEN (what its last pass wrote)."""
     dt = DockerToken.from_object(dockertoken())
     status = decide.recorded(dt.status, dt, TOKEN, revoke_old=True)
-    status, _, _ = decide.ready_status(dt, status.with_(ret_secret=Ref(NS, PULL)), replaced="", now=NOW)
+    status, _, _ = decide.ready_status(dt, status.with_(ret_secret=Ref(NS, PULL), registry_host=CONN.registry),
+                                       replaced="", now=NOW)
     raw = {k: v for k, v in status.merge_patch(dt.status).items() if v is not None}
     return {**raw, **extra}
 

@@ -17,6 +17,7 @@ three SubjectAccessReviews per namespace: a source is kept only while a test nee
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -203,6 +204,11 @@ class AdapterPod:
             else:
                 raise AssertionError(f"adapter env {var}: resolve it here as a kubelet would")
         return cls(spec.get("serviceAccountName") or "default", env)
+
+    def sending_to(self, url: str) -> AdapterPod:
+        """This pod with its sink pointed at another function process: a test's own function stands
+        in for the Service whose address Serving would publish."""
+        return dataclasses.replace(self, env={**self.env, "K_SINK": url})
 
     def source_config(self) -> dict[str, Any]:
         return dict(json.loads(self.env["K_SOURCE_CONFIG"]))

@@ -119,6 +119,11 @@ def test_status_fields_and_the_renewal_column(control_plane: ControlPlane, admin
     status = {
         "expiration": "Fri, 27 Nov 2026 17:22:43 -0000",
         "renewalTime": "2026-11-27T17:12:43Z",
+        "expirationTime": "2026-11-27T17:22:43Z",
+        "createdTime": "2026-11-26T17:22:43Z",
+        "lastAccessedTime": "2026-11-26T18:00:00Z",
+        "registryHost": "quay.example.com",
+        "renewRequest": "2026-11-26T17:30:00Z",
         "serviceAccounts": ["default"],
         "conditions": [
             {"type": "Ready", "status": "True", "reason": "Reconciled", "message": "",
@@ -136,6 +141,11 @@ def test_status_fields_and_the_renewal_column(control_plane: ControlPlane, admin
         api.patch_namespaced_custom_object_status(G, V, namespace, P, "shown",
                                                   {"status": {"renewalTime": "tomorrow"}})
     assert err.value.status == 422 and "status.renewalTime" in err.value.body
+    for key in ("expirationTime", "createdTime", "lastAccessedTime"):
+        with pytest.raises(ApiException) as err:
+            api.patch_namespaced_custom_object_status(G, V, namespace, P, "shown",
+                                                      {"status": {key: "Fri, 27 Nov 2026 17:22:43 -0000"}})
+        assert err.value.status == 422 and f"status.{key}" in err.value.body
 
     # The Table API, as kubectl asks for it.
     answer = httpx.get(f"{control_plane.url}/apis/{G}/{V}/namespaces/{namespace}/{P}",
@@ -159,9 +169,10 @@ def test_status_fields_and_the_renewal_column(control_plane: ControlPlane, admin
                                    P, *extra], capture_output=True, text=True, timeout=60,
                                   check=True).stdout.splitlines()
                    for extra in ([], ["-o", "wide"]))
-    assert "RENEWAL" not in plain[0]
-    assert wide[0].split()[-3:] == ["EXPIRATION", "RENEWAL", "AGE"]
-    assert "2026-11-27T17:12:43Z" in wide[1]
+    assert "RENEWAL" not in plain[0] and "EXPIRATION" in plain[0]
+    assert "2026-11-27T17:22:43Z" in plain[1]  # the expiry, RFC 3339, without -o wide
+    assert wide[0].split()[-5:] == ["EXPIRATION", "RENEWAL", "LAST", "ACCESSED", "AGE"]
+    assert "2026-11-27T17:12:43Z" in wide[1] and "2026-11-26T18:00:00Z" in wide[1]
 
 
 def test_an_original_operator_object_needs_none_of_the_new_fields(admin_api: Any,

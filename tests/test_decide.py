@@ -205,3 +205,72 @@ def test_the_account_is_a_hash_of_host_and_credentials_never_the_password() -> N
     pw1 = Connection("https://q", "q", username="u", password="p1")
     assert pw1.account == Connection("https://q", "q", username="u", password="p2").account
     assert "t1" not in a.account and len(a.account) == 24
+
+
+def _with_annotation(value: str, status: dict[str, Any]) -> DockerToken:
+    return DockerToken.from_object({
+        "metadata": {"namespace": "ns", "name": "dt", "uid": "uid-1", "generation": 1,
+                     "annotations": {"quay.herve4m.github.io/renew-request": value} if value else {}},
+        "spec": {"connSecretRef": {"name": "conn"}, "name": "mytoken", "retSecretRef": {"name": "pull"}},
+        "status": status})
+
+
+IN_ORDER = {"uuid": "u1", "tokenName": "mytoken"}
+
+
+@pytest.mark.parametrize(
+    ("annotation", "status", "step"),
+    [
+        pytest.param("", IN_ORDER, decide.TokenStep.KEEP, id="no-request"),
+        pytest.param("r1", IN_ORDER, decide.TokenStep.ROTATE, id="new-request-rotates"),
+        pytest.param("r1", {**IN_ORDER, "renewRequest": "r1"}, decide.TokenStep.KEEP, id="echo-does-nothing"),
+        pytest.param("r2", {**IN_ORDER, "renewRequest": "r1"}, decide.TokenStep.ROTATE, id="a-second-request"),
+        pytest.param("r1", {}, decide.TokenStep.ACQUIRE, id="no-token-yet"),
+    ],
+)
+def test_the_renew_request_rotates_once_per_value(annotation: str, status: dict[str, Any],
+                                                  step: decide.TokenStep) -> None:
+    dt = _with_annotation(annotation, status)
+    assert decide.token_step(dt, HELD, verify=False, now=NOW)[0] is step
+
+
+def test_the_token_recorded_by_a_renewal_records_the_request_it_answered() -> None:
+    dt = _with_annotation("r1", IN_ORDER)
+    new = Token("u2", "mytoken", "Thu, 26 Nov 2026 12:00:00 -0000", "Fri, 27 Nov 2026 12:00:00 -0000")
+    st = decide.recorded(dt.status, dt, new, revoke_old=True, grace_until="2026-11-26T12:02:00Z")
+    assert st.renew_request == "r1" and st.pending_revocation == ("u1",)
+    echo = _with_annotation("r1", {**IN_ORDER, **_raw(st)})
+    assert not decide.renew_requested(echo)
+
+
+def test_a_renew_request_retries_a_failing_object_at_once() -> None:
+    """A new request changes the failure's inputs digest, as reconcile-request does."""
+    def digest(annotation: str) -> str:
+        return decide.inputs_digest(decide.Observed(
+            dt=_with_annotation(annotation, IN_ORDER), now=NOW, verify=False, wave="", conn=None,
+            conn_error=None, conn_version="1", ret_secret=None, old_ret_secret=None))
+    assert digest("") != digest("r1") != digest("r2")
+
+
+def test_token_times_are_rfc3339_and_absent_when_quay_gives_none() -> None:
+    token = Token("u", "t", "Thu, 26 Nov 2026 12:00:00 -0000", "Fri, 27 Nov 2026 12:00:00 +0100", "")
+    assert decide.token_times(token) == {"created_time": "2026-11-26T12:00:00Z",
+                                         "expiration_time": "2026-11-27T11:00:00Z",
+                                         "last_accessed_time": ""}
+    assert "lastAccessedTime" not in _raw(Status().with_(**decide.token_times(token)))
+
+
+def test_a_huge_renew_request_is_recorded_as_its_digest_and_acted_on_once() -> None:
+    """An annotation may hold 256 KiB: status records a digest, and the echo still matches."""
+    huge = "x" * 200_000
+    dt = _with_annotation(huge, IN_ORDER)
+    assert dt.renew_request.startswith("sha256:") and len(dt.renew_request) == 71
+    assert decide.token_step(dt, HELD, verify=False, now=NOW)[0] is decide.TokenStep.ROTATE
+    st = decide.recorded(dt.status, dt, Token("u2", "mytoken"), revoke_old=True)
+    assert st.renew_request == dt.renew_request
+    assert not decide.renew_requested(_with_annotation(huge, {**IN_ORDER, **_raw(st)}))
+
+
+def _raw(status: Status) -> dict[str, Any]:
+    """``status`` as the object stores it."""
+    return {k: v for k, v in status.merge_patch(Status()).items() if v is not None}

@@ -9,7 +9,6 @@ with no write and the object falls silent, as tests/test_convergence.py demands 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -75,10 +74,7 @@ def test_a_403_on_the_connection_secret_is_recorded_and_falls_silent(
     ns = f"forbidden-{uuid.uuid4().hex[:10]}"
     core.create_namespace({"metadata": {"name": ns}})
     env = Env(control_plane, ns, quay, limited_fn)
-    # The Deployment the controller generated, its sink pointed at this test's function process
-    # (the Service's address is what Serving would publish; here a second process stands in).
-    pod = dataclasses.replace(adapter_pod, env={**adapter_pod.env, "K_SINK": limited_fn.url})
-    with running_adapter(control_plane, limited_fn, pod):
+    with running_adapter(control_plane, limited_fn, adapter_pod.sending_to(limited_fn.url)):
         env.conn_secret()
         env.dockertoken()
         wait_for(lambda: env.ready().get("status") == "False", what="Ready=False")

@@ -14,10 +14,10 @@ LAYERS = [
     {"connection", "renewal", "template", "kevents", "events", "result"},
     {"pullsecret", "claims", "steps", "protection"},
     {"decide"},
-    {"cache", "kube", "quay", "creation", "inuse"},
+    {"cache", "kube", "quay", "creation", "inuse", "fleet"},
     {"observe", "apply", "auth"},
-    {"reconcile", "resync"},
-    {"main"},
+    {"reconcile", "resync", "audit"},
+    {"main", "kubectl"},
 ]
 
 
