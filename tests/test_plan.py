@@ -27,7 +27,7 @@ from function.errors import (
     QuayUnexpectedResponse,
     TemporaryError,
 )
-from function.model import FINALIZER, RECONCILE_REQUEST, DockerToken, Ref, Retry, Status, Token
+from function.model import FINALIZER, RECONCILE_REQUEST, RENEW_REQUEST, DockerToken, Ref, Retry, Status, Token
 from function.result import Failure, Report
 from tests.builders import (
     CONN,
@@ -50,6 +50,13 @@ def edited(**meta: Any) -> dict[str, Any]:
     body = secret(**meta)
     body["data"]["tokenCode"] = base64.b64encode(b"EDITED").decode()
     return body
+
+
+def _renew(value: str, status: dict[str, Any]) -> dict[str, Any]:
+    """A settled object whose renew-request annotation (``kubectl dockertoken renew``) is ``value``."""
+    obj = dockertoken(status)
+    obj["metadata"]["annotations"][RENEW_REQUEST] = value
+    return obj
 
 
 def summary(plan: steps.Plan) -> dict[str, Any]:
@@ -94,6 +101,10 @@ ROWS = [
      {"token": "Acquire"}),
     ("renewal-due", observed(dockertoken(settled(expiration=LATER, renewalTime=at(-1))), ret_secret=secret()),
      {"token": "Acquire"}),
+    ("renew-requested", observed(_renew("r1", settled(expiration=LATER)), ret_secret=secret()),
+     {"token": "Acquire"}),
+    ("renew-request-answered", observed(_renew("r1", settled(renewRequest="r1")), ret_secret=secret()),
+     {"token": "", "result": "ready"}),
     ("renewal-not-due", observed(dockertoken(settled(expiration=LATER, renewalTime=at(60))), ret_secret=secret()),
      {"token": "", "result": "ready"}),
     ("grace-running", observed(dockertoken(settled(pendingRevocation=["u0"], revokeAfter=at(1))),
