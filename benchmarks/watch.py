@@ -32,7 +32,7 @@ from benchmarks import fullresync
 from benchmarks.bulk import event_lines
 from benchmarks.stats import progress
 from benchmarks.world import Conn, Function, G, Obj, P, V, World, children, vm_hwm
-from function import decide, renewal
+from function import records, renewal
 from function.model import Status
 from function.result import Failure
 from tests.adapter_proc import running_adapter
@@ -293,20 +293,20 @@ def measure(world: World, *, window: float, touches: list[Obj], creations: list[
         fn.stop()
 
 
-# -- the retry schedule, from function/decide.py ---------------------------------------------------
+# -- the retry schedule, from function/records.py --------------------------------------------------
 def retry_times(phase: datetime.timedelta, horizon: datetime.timedelta) -> list[datetime.timedelta]:
     """When a resync retries an object that failed at t=0, resyncs coming at ``phase`` + k x 10 min
-    (decide.retry_record for the schedule, RETRY_SLACK for how early a resync may retry)."""
+    (records.retry_record for the schedule, RETRY_SLACK for how early a resync may retry)."""
     t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     failure = Failure("QuayAuthenticationFailed", "model")
-    status = Status(retry=decide.retry_record(Status(), "inputs", failure, t0))
+    status = Status(retry=records.retry_record(Status(), "inputs", failure, t0))
     out, t = [], phase
     while t < horizon:
         now = t0 + t
         due = renewal.parse_time(status.retry.not_before if status.retry else "")
-        if due is not None and now >= due - decide.RETRY_SLACK:
+        if due is not None and now >= due - records.RETRY_SLACK:
             out.append(t)
-            status = Status(retry=decide.retry_record(status, "inputs", failure, now))
+            status = Status(retry=records.retry_record(status, "inputs", failure, now))
         t += RESYNC_PERIOD
     return out
 

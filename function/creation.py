@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from function import claims, conditions, decide, result, steps
+from function import claims, conditions, records, result, steps
 from function.claims import Lease
 from function.connection import Connection
 from function.errors import (
@@ -172,7 +172,7 @@ class Creator:
             if not isinstance(exc, Exception) or result.failure_of(exc) is None:
                 self._free(dt)
             raise
-        status = decide.recorded(dt.status, dt, token, revoke_old=step.revoke_old,
+        status = records.recorded(dt.status, dt, token, revoke_old=step.revoke_old,
                                  grace_until=step.grace_until)
         # record at once, before anything else can fail: this is what makes the token ours
         written = self.api.patch_status(dt.namespace, dt.name, status.merge_patch(dt.status))
@@ -196,7 +196,7 @@ class Creator:
         if state is Lease.FRESH:
             self.wait_for_creator(dt)
         assert self.conn is not None
-        lease = decide.lease(dt, id_=self._new_id(), now=now, account=self.conn.account)
+        lease = records.lease(dt, id_=self._new_id(), now=now, account=self.conn.account)
         patch = dt.status.with_(creation=lease).merge_patch(dt.status)
         obj = self.api.patch_status(dt.namespace, dt.name, patch, dt.resource_version)
         if not obj:

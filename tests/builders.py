@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from function import decide, pullsecret
+from function import decide, pullsecret, records
 from function.connection import Connection
 from function.errors import PermanentError
 from function.model import FINALIZER, DockerToken, Ref, Token
@@ -48,8 +48,8 @@ def dockertoken(status: dict[str, Any] | None = None, *, title: str = "mytoken",
 def settled(**extra: Any) -> dict[str, Any]:
     """The status of an object in order holding TOKEN (what its last pass wrote)."""
     dt = DockerToken.from_object(dockertoken())
-    status = decide.recorded(dt.status, dt, TOKEN, revoke_old=True)
-    status, _, _ = decide.ready_status(dt, status.with_(ret_secret=Ref(NS, PULL), registry_host=CONN.registry),
+    status = records.recorded(dt.status, dt, TOKEN, revoke_old=True)
+    status, _, _ = records.ready_status(dt, status.with_(ret_secret=Ref(NS, PULL), registry_host=CONN.registry),
                                        replaced="", now=NOW)
     raw = {k: v for k, v in status.merge_patch(dt.status).items() if v is not None}
     return {**raw, **extra}

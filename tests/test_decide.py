@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from function import claims, conditions, decide
+from function import claims, conditions, decide, records
 from function.model import DockerToken, Status, Token
 
 NOW = datetime.datetime(2026, 11, 26, 12, 0, tzinfo=datetime.UTC)
@@ -237,7 +237,7 @@ def test_the_renew_request_rotates_once_per_value(annotation: str, status: dict[
 def test_the_token_recorded_by_a_renewal_records_the_request_it_answered() -> None:
     dt = _with_annotation("r1", IN_ORDER)
     new = Token("u2", "mytoken", "Thu, 26 Nov 2026 12:00:00 -0000", "Fri, 27 Nov 2026 12:00:00 -0000")
-    st = decide.recorded(dt.status, dt, new, revoke_old=True, grace_until="2026-11-26T12:02:00Z")
+    st = records.recorded(dt.status, dt, new, revoke_old=True, grace_until="2026-11-26T12:02:00Z")
     assert st.renew_request == "r1" and st.pending_revocation == ("u1",)
     echo = _with_annotation("r1", {**IN_ORDER, **_raw(st)})
     assert not decide.renew_requested(echo)
@@ -254,10 +254,10 @@ def test_a_renew_request_retries_a_failing_object_at_once() -> None:
 
 def test_token_times_are_rfc3339_and_absent_when_quay_gives_none() -> None:
     token = Token("u", "t", "Thu, 26 Nov 2026 12:00:00 -0000", "Fri, 27 Nov 2026 12:00:00 +0100", "")
-    assert decide.token_times(token) == {"created_time": "2026-11-26T12:00:00Z",
+    assert records.token_times(token) == {"created_time": "2026-11-26T12:00:00Z",
                                          "expiration_time": "2026-11-27T11:00:00Z",
                                          "last_accessed_time": ""}
-    assert "lastAccessedTime" not in _raw(Status().with_(**decide.token_times(token)))
+    assert "lastAccessedTime" not in _raw(Status().with_(**records.token_times(token)))
 
 
 def test_a_huge_renew_request_is_recorded_as_its_digest_and_acted_on_once() -> None:
@@ -266,7 +266,7 @@ def test_a_huge_renew_request_is_recorded_as_its_digest_and_acted_on_once() -> N
     dt = _with_annotation(huge, IN_ORDER)
     assert dt.renew_request.startswith("sha256:") and len(dt.renew_request) == 71
     assert decide.token_step(dt, HELD, verify=False, now=NOW)[0] is decide.TokenStep.ROTATE
-    st = decide.recorded(dt.status, dt, Token("u2", "mytoken"), revoke_old=True)
+    st = records.recorded(dt.status, dt, Token("u2", "mytoken"), revoke_old=True)
     assert st.renew_request == dt.renew_request
     assert not decide.renew_requested(_with_annotation(huge, {**IN_ORDER, **_raw(st)}))
 

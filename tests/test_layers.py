@@ -13,6 +13,7 @@ LAYERS = [
     {"model", "conditions"},
     {"connection", "renewal", "template", "kevents", "events", "result"},
     {"pullsecret", "claims", "steps", "protection"},
+    {"records"},
     {"decide"},
     {"cache", "kube", "quay", "creation", "inuse", "fleet"},
     {"observe", "apply", "auth"},

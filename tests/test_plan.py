@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from function import conditions, decide, pullsecret, steps
+from function import conditions, decide, pullsecret, records, steps
 from function.errors import (
     ConfigError,
     Conflict,
@@ -209,7 +209,7 @@ def test_backoff_doubles_up_to_six_hours(attempts: int, delay_minutes: int) -> N
     previous = Status.from_object(failing("QuayUnavailable")).retry
     assert previous is not None
     status = Status(retry=Retry(previous.inputs, attempts - 1, previous.not_before, True))
-    retry = decide.retry_record(status, decide.inputs_digest(ob), Failure("QuayUnavailable", "m"), NOW)
+    retry = records.retry_record(status, decide.inputs_digest(ob), Failure("QuayUnavailable", "m"), NOW)
     assert (retry.attempts, retry.not_before) == (attempts, at(delay_minutes))
 
 
@@ -424,8 +424,8 @@ def test_by_title_spares_tokens_others_track() -> None:
 def test_recorded_keeps_the_old_token_for_its_grace() -> None:
     dt = DockerToken.from_object(dockertoken(settled(expiration=LATER)))
     new = Token("u2", "mytoken", CREATED, LATER, code="CODE2")
-    rotated = decide.recorded(dt.status, dt, new, revoke_old=True, grace_until=at(2))
+    rotated = records.recorded(dt.status, dt, new, revoke_old=True, grace_until=at(2))
     assert (rotated.uuid, rotated.pending_revocation, rotated.revoke_after, rotated.creation) == (
         "u2", ("u1",), at(2), None)
-    replaced = decide.recorded(dt.status, dt, new, revoke_old=False)
+    replaced = records.recorded(dt.status, dt, new, revoke_old=False)
     assert replaced.pending_revocation == () and replaced.revoke_after == ""
