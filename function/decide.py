@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from function import conditions, kevents, pullsecret, renewal, template
+from function import conditions, kevents, lastaccess, pullsecret, renewal, template
 from function.connection import Connection
 from function.errors import PermanentError, QuayTransient, ReconcileError
 from function.model import CLAIM_LABEL_PREFIX, FINALIZER, Creation, DockerToken, Ref, Status, Token
@@ -237,13 +237,15 @@ def token_step(dt: DockerToken, held: Token | None, *, verify: bool,
 
 def after_verify(held: Token | None, listed: Token | None,
                  now: datetime.datetime) -> tuple[TokenStep, Token | None]:
-    """VERIFY, once the (cached) list is known: KEEP with Quay's dates, or FETCH to be sure."""
+    """VERIFY, once the (cached) list is known: KEEP with Quay's dates (``lastAccessed`` at most
+    once per interval, see lastaccess.py), or FETCH to be sure."""
     if listed is None or is_expired(listed.expiration, now):
         return TokenStep.FETCH, None
     if held is None:
         return TokenStep.KEEP, None
-    return TokenStep.KEEP, Token(listed.uuid, held.title, listed.created, listed.expiration,
-                                 listed.last_accessed, held.code)
+    seen = lastaccess.to_record(held.last_accessed, listed.last_accessed, listed.created)
+    return TokenStep.KEEP, Token(listed.uuid, held.title, listed.created, listed.expiration, seen,
+                                 held.code)
 
 
 def service_account_edits(dt: DockerToken, found: Mapping[str, Mapping[str, Any] | None], *,

@@ -247,6 +247,17 @@ class Kube:
             if not params["continue"]:
                 return
 
+    def list_dockertokens_page(self, namespace: str | None = None, cont: str = "",
+                               limit: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], str]:
+        """One page of DockerTokens (in one namespace, or all) from ``cont``; and the next
+        page's continue token ("" after the last page). The bulk resync's unit of work."""
+        path = f"{_CR}/namespaces/{namespace}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
+        params: dict[str, Any] = {"limit": limit}
+        if cont:
+            params["continue"] = cont
+        page = self._request("list dockertokens", "GET", path, params=params) or {}
+        return list(page.get("items") or ()), str((page.get("metadata") or {}).get("continue") or "")
+
     def patch_metadata(self, namespace: str, name: str, resource_version: str, *,
                        finalizers: list[str] | None = None,
                        labels: Mapping[str, str | None] | None = None) -> dict[str, Any]:
@@ -284,6 +295,16 @@ class Kube:
         return self._request(f"get secret {namespace}/{name}", "GET",
                              f"/api/v1/namespaces/{namespace}/secrets/{name}", missing_ok=True)
 
+    def iter_secrets(self, label_selector: str, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
+        """The Secrets of every namespace that match ``label_selector``, a page at a time."""
+        params: dict[str, Any] = {"limit": page_size, "labelSelector": label_selector}
+        while True:
+            page = self._request("list secrets", "GET", "/api/v1/secrets", params=params) or {}
+            yield from page.get("items") or ()
+            params["continue"] = (page.get("metadata") or {}).get("continue")
+            if not params["continue"]:
+                return
+
     def create_secret(self, body: dict[str, Any]) -> bool:
         """Create; False when the namespace does not exist (the only 404 a create can get)."""
         self.writes += 1
@@ -312,6 +333,12 @@ class Kube:
         """The ServiceAccount, or None when it does not exist (yet)."""
         return self._request(f"get serviceaccount {namespace}/{name}", "GET",
                              f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}", missing_ok=True)
+
+    def list_serviceaccounts(self, namespace: str) -> list[dict[str, Any]]:
+        """Every ServiceAccount of ``namespace`` (one request: a namespace holds few)."""
+        page = self._request(f"list serviceaccounts in {namespace}", "GET",
+                             f"/api/v1/namespaces/{namespace}/serviceaccounts") or {}
+        return list(page.get("items") or ())
 
     def patch_serviceaccount_pull_secrets(self, namespace: str, name: str,
                                           pull_secrets: list[Mapping[str, Any]],

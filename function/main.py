@@ -4,15 +4,17 @@
 
 Answers decide whether Knative redelivers: 204 with an empty body when done, and when a failure
 is recorded in status (its retry is the resync's, after a backoff: redelivering at once would
-only feed the loop; a Broker counts a non-empty non-CloudEvent body as a failure); 503 when
-nothing could be recorded (API server trouble, a concurrent creation; ApiServerSource retries
-503 but not 500) and to a resync event whose object is left failing because Quay is
-unavailable (the CronJob counts it); 400 for a malformed event. ``GET /healthz`` serves probes
-(a CloudEvent function answers GET / with 405).
+only feed the loop; a Broker counts a non-empty non-CloudEvent body as a failure), with the
+outcome in the headers ``Quay-Dockertoken-Outcome`` and ``-Reason`` (the resync command counts
+them); 503 when nothing could be recorded (API server trouble, a concurrent creation;
+ApiServerSource retries 503 but not 500); 400 for a malformed event. The resync command's plan
+requests (``resyncplan``) are answered 200 with the page's report as JSON (``inventory.py``).
+``GET /healthz`` serves probes (a CloudEvent function answers GET / with 405).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -26,6 +28,7 @@ from cloudevents.http.event import CloudEvent
 
 from function import events, logs
 from function.errors import BadEvent, TemporaryError
+from function.inventory import PAGE_SIZE, Inventory
 from function.reconcile import Outcome, Reconciler
 
 logs.setup()
@@ -36,6 +39,9 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 _lock = threading.Lock()
 _reconciler: Reconciler | None = None
+_inventory: Inventory | None = None
+OUTCOME_HEADER = "Quay-Dockertoken-Outcome"
+REASON_HEADER = "Quay-Dockertoken-Reason"
 
 
 def reconciler() -> Reconciler:
@@ -52,6 +58,18 @@ def reconciler() -> Reconciler:
         return _reconciler
 
 
+def inventory() -> Inventory:
+    """The resync planner; shares the reconciler's API client and Quay token lists, so the
+    resync events of a run reuse the lists its plan made."""
+    global _inventory
+    rec = reconciler()
+    with _lock:
+        if _inventory is None:
+            _inventory = Inventory(rec.kube, rec.cache, quay_factory=rec.quay_factory,
+                                   clock=rec.clock, resync_period=rec.resync_period)
+        return _inventory
+
+
 def _answer(status: int, message: str) -> flask.Response:
     return flask.Response(message + "\n", status=status, mimetype="text/plain")
 
@@ -62,6 +80,9 @@ def handle(cloud_event: CloudEvent) -> None:
     attrs = cloud_event.get_attributes()
     fields: dict[str, Any] = {"event": attrs.get("type"), "id": attrs.get("id")}
     flask.g.handled = True
+    if attrs.get("type") == events.PLAN_TYPE:
+        _plan(cloud_event, fields, started)
+        return
     try:
         target = events.parse_event(attrs, cloud_event.data)
         if target is None:
@@ -83,10 +104,34 @@ def handle(cloud_event: CloudEvent) -> None:
         logger.exception("unexpected error", extra={"fields": fields})
         _log(fields, started, "error", 503)
         flask.abort(_answer(503, "unexpected error; see the function's log"))
-    if outcome.temporary and target.verify_quay:
-        _log(fields, started, outcome.result, 503, outcome=outcome)
-        flask.abort(_answer(503, f"temporary failure, retried after a backoff: {outcome.message}"))
+    # a failure recorded with its retry time is a job done: the outcome says what it was
+    flask.g.outcome = (outcome.result, outcome.reason)
     _log(fields, started, outcome.result, 204, outcome=outcome)
+
+
+def _plan(cloud_event: CloudEvent, fields: dict[str, Any], started: float) -> None:
+    """Answer a resync plan request: which objects of the page need a reconcile (200, JSON)."""
+    flask.g.handled = False  # a 200 with a body, not the empty 204 of events
+    try:
+        page = events.parse_plan(cloud_event.get_attributes(), cloud_event.data, PAGE_SIZE)
+        report = inventory().plan_page(namespace=page.namespace, cont=page.cont, limit=page.limit,
+                                       wave=page.wave)
+    except BadEvent as exc:
+        _log(fields, started, "bad-event", 400, message=str(exc))
+        flask.abort(_answer(400, f"bad event: {exc}"))
+    # the API server failed the page's lists: the command retries, then reports the run failed
+    except TemporaryError as exc:
+        _log(fields, started, "retry", 503, reason=exc.reason, message=str(exc))
+        flask.abort(_answer(503, f"temporary failure, retry: {exc}"))
+    except Exception as exc:
+        logger.exception("unexpected error", extra={"fields": fields})
+        _log(fields, started, "error", 503, message=type(exc).__name__)
+        flask.abort(_answer(503, "unexpected error; see the function's log"))
+    fields.update(namespace=page.namespace or "*")
+    _log(fields, started, "planned", 200, seen=report.seen, up_to_date=report.up_to_date,
+         drifted=len(report.drifted), failing=report.failing, quay_calls=report.quay_calls)
+    flask.abort(flask.Response(json.dumps(report.as_json(), separators=(",", ":")), status=200,
+                               mimetype="application/json"))
 
 
 def _log(fields: dict[str, Any], started: float, result: str, http: int, *,
@@ -123,6 +168,11 @@ def _check_request() -> flask.Response | None:
 def _empty_success(response: flask.Response) -> flask.Response:
     if flask.g.get("handled") and response.status_code == 200:
         response = flask.Response(status=204)
+        result, reason = flask.g.get("outcome") or ("", "")
+        if result:
+            response.headers[OUTCOME_HEADER] = result
+        if reason:
+            response.headers[REASON_HEADER] = reason
     return response
 
 

@@ -34,6 +34,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "quay-dockertoken"
 OWNER_ANNOTATION = "quay.herve4m.github.io/owner"  # "<namespace>/<name>" of the DockerToken
 OWNER_UID_ANNOTATION = "quay.herve4m.github.io/owner-uid"
+# The same uid as a label: the bulk resync lists a page's pull Secrets by it (inventory.py).
+OWNER_UID_LABEL = OWNER_UID_ANNOTATION
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from function import conditions, pullsecret
 from function.connection import Connection, parse_connection
 from function.decide import Observed
 from function.errors import PermanentError
-from function.kube import Kube
 from function.model import DockerToken, Ref
 
 # On a connection Secret, or on a Namespace: the namespaces (comma-separated, or "*") whose
@@ -26,7 +25,15 @@ from function.model import DockerToken, Ref
 ALLOWED_NAMESPACES = "quay.herve4m.github.io/allowed-namespaces"
 
 
-def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
+class Reads(Protocol):
+    """The reads a pass makes: ``kube.Kube`` for one object, ``inventory`` answers them from lists."""
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_namespace(self, name: str) -> dict[str, Any] | None: ...
+    def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
             wave: str = "", resync_period: datetime.timedelta | None = None) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
     dt = DockerToken.from_object(obj)
@@ -50,7 +57,7 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
     )
 
 
-def _connection(kube: Kube, dt: DockerToken) -> tuple[Connection | None, PermanentError | None, str, str]:
+def _connection(kube: Reads, dt: DockerToken) -> tuple[Connection | None, PermanentError | None, str, str]:
     """(connection, why not, its resourceVersion, consent state) for spec.connSecretRef."""
     ref = dt.conn_secret
     if not ref.name:
@@ -69,7 +76,7 @@ def _connection(kube: Kube, dt: DockerToken) -> tuple[Connection | None, Permane
         return None, exc, version, ""
 
 
-def _return_namespace(kube: Kube, dt: DockerToken) -> tuple[PermanentError | None, str]:
+def _return_namespace(kube: Reads, dt: DockerToken) -> tuple[PermanentError | None, str]:
     """Whether the pull Secret may be written where spec.retSecretRef says."""
     ref = dt.ret_secret
     if ref is None or ref.namespace == dt.namespace:

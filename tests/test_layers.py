@@ -12,11 +12,12 @@ LAYERS = [
     {"errors", "logs"},
     {"model", "conditions"},
     {"connection", "renewal", "template", "kevents", "events"},
+    {"lastaccess"},
     {"pullsecret"},
     {"decide"},
     {"cache", "kube", "quay"},
     {"observe", "apply"},
-    {"reconcile", "resync"},
+    {"reconcile", "resync", "inventory"},
     {"main"},
 ]
 

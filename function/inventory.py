@@ -1,0 +1,357 @@
+"""The bulk resync: plan a page of DockerTokens from lists, and name only the objects that drifted.
+
+A resync used to send one event per object, and each event read the object, its connection
+Secret and its pull Secret (3 GETs and ~16 ms of CPU for an object with nothing to do). Here
+the resync command asks for one page at a time (``main.py``, event type ``resyncplan``); for
+a page of up to :data:`PAGE_SIZE` DockerTokens the function makes:
+
+* 1 list of the DockerTokens (from the command's continue token),
+* 1 list of their pull Secrets, by the ``owner-uid`` label the function sets on each
+  (``owner-uid in (...)``, whatever the namespaces),
+* per run and process: 1 GET per connection Secret and per consenting Namespace, 1 list of the
+  ServiceAccounts of each namespace whose DockerTokens name some (:class:`RunReads`),
+* per run and process: 1 Quay token list per connection (the reconciler's
+  ``TokenListCache``, by the run's wave id), all connections of a page in parallel.
+
+Each object is then observed (``observe.observe`` on those answers) and planned by the same
+pure ``decide.plan`` as a reconcile, and :func:`verdict` says whether carrying the plan out
+would change anything. Objects with nothing to do cost no request of their own; the others are
+named back to the command, which sends each one a resync event (a reconcile of its own, isolated,
+bounded by the Service's timeout, with the retry backoff as before). A page is bounded: a fixed
+number of objects, a few lists, and one Quay timeout for the lists made in parallel.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from function import conditions, decide, pullsecret
+from function.apply import QuayFactory, quay_client
+from function.cache import TokenListCache
+from function.connection import Connection
+from function.decide import Observed, Plan, TokenStep
+from function.errors import QuayError
+from function.kube import Kube
+from function.model import OWNER_UID_LABEL, DockerToken, Token
+from function.observe import observe
+
+logger = logging.getLogger(__name__)
+
+#: DockerTokens per page (one plan request): ~1.2 MiB of JSON, well inside a request's timeout.
+PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+#: Quay lists made at once for one page (each is one connection's).
+MAX_PARALLEL_LISTS = 10
+#: Runs whose shared reads a process keeps (runs of one CronJob do not overlap).
+KEPT_RUNS = 4
+# Kubernetes uids (label values): anything else is not put in a label selector.
+_UID = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,61}[A-Za-z0-9]$|^[A-Za-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a resync must do about one object: ``drift`` names why it needs a reconcile ("" when
+    it is up to date); ``failing`` is the Ready reason of an object waiting for its retry time."""
+
+    drift: str = ""
+    failing: str = ""
+
+
+# -- the decision (pure) ---------------------------------------------------------------------------
+def verdict(ob: Observed, plan: Plan, raw_status: Mapping[str, Any],
+            listed: Mapping[str, Token] | None) -> Verdict:
+    """Whether carrying out ``plan`` would change anything, and what.
+
+    ``listed``: the connection's Quay tokens by UUID (None when the list could not be made).
+    It follows ``apply.Apply._ensure`` for a token that is kept: the Secret as it would be
+    written, the ServiceAccount edits, a revocation due, then the status as it would be written.
+    """
+    dt = ob.dt
+    if plan.skip == "gone":
+        return Verdict()
+    if plan.add_finalizer or plan.labels:
+        return Verdict("metadata")
+    if plan.skip == "backoff":
+        ready = dt.status.condition(conditions.READY) or {}
+        return Verdict(failing=str(ready.get("reason") or "Unknown"))
+    if plan.cleanup:
+        return Verdict("deletion")
+    if plan.failure is not None:
+        return Verdict("retry-due" if dt.status.retry is not None else "new-failure")
+    step, token = plan.token, plan.held
+    if step is TokenStep.ACQUIRE:
+        if not dt.status.uuid:
+            return Verdict("token-missing")
+        return Verdict("spec-changed" if dt.status.token_name != dt.title else "token-expired")
+    if step is TokenStep.ROTATE:
+        return Verdict("renewal-due")
+    if step is TokenStep.FETCH:
+        return Verdict("secret-missing" if ob.ret_secret is None else "secret-edited")
+    if step is TokenStep.VERIFY:
+        if listed is None:
+            return Verdict("token-unverified")
+        step, token = decide.after_verify(plan.held, listed.get(dt.status.uuid), ob.now)
+        if step is not TokenStep.KEEP:
+            return Verdict("token-gone")
+    if plan.delete_secrets:
+        return Verdict("secret-moved")
+    status = dict(raw_status)
+    if token is not None:
+        status["expiration"] = token.expiration or None
+        if token.created:
+            status.update(decide.renewal_fields(dt, token))
+        if plan.write_secret is not None:
+            drift = _secret_drift(ob, plan, token, status)
+            if drift:
+                return Verdict(drift)
+            status["retSecret"] = {"namespace": plan.write_secret.namespace,
+                                   "name": plan.write_secret.name}
+    if dt.ret_secret is None:
+        status["retSecret"] = None
+    if plan.sa_edits:
+        return Verdict("serviceaccount")
+    if plan.attached is not None:
+        status["serviceAccounts"] = list(plan.attached) or None
+    if status.get("pendingRevocation") and decide.revocation_due(status, ob.now):
+        return Verdict("revocation-due")
+    note = decide.renewal_note(dt, token, plan.resync_period)
+    desired, _, _ = decide.ready_status(dt, status, replaced="", now=ob.now, note=note)
+    return Verdict("status" if decide.status_patch(raw_status, desired) else "")
+
+
+def _secret_drift(ob: Observed, plan: Plan, token: Token, status: Mapping[str, Any]) -> str:
+    assert ob.conn is not None and plan.write_secret is not None
+    current = ob.ret_secret
+    if current is None:
+        return "secret-missing"
+    hosts = [ob.conn.registry, *([status["registry"]] if status.get("registry") else [])]
+    desired = pullsecret.build(ob.dt, plan.write_secret, token, hosts)
+    if pullsecret.is_intact(current, desired):
+        return ""
+    have, want = pullsecret.decoded(current), pullsecret.decoded(desired)
+    if {k for k in have.keys() | want.keys() if have.get(k) != want.get(k)} == {"lastAccessed"}:
+        return "last-accessed"
+    return "secret-edited"
+
+
+# -- the reads -------------------------------------------------------------------------------------
+class RunReads:
+    """What every page of one run reads alike, read once per process: connection Secrets,
+    Namespaces (consents) and the ServiceAccounts of a namespace."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._lock = threading.Lock()
+        self._secrets: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._namespaces: dict[str, dict[str, Any] | None] = {}
+        self._accounts: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _once(self._lock, self._secrets, (namespace, name),
+                     lambda: self.kube.get_secret(namespace, name))
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        return _once(self._lock, self._namespaces, name, lambda: self.kube.get_namespace(name))
+
+    def serviceaccounts(self, namespace: str) -> dict[str, dict[str, Any]]:
+        return _once(self._lock, self._accounts, namespace, lambda: {
+            str((sa.get("metadata") or {}).get("name")): sa
+            for sa in self.kube.list_serviceaccounts(namespace)})
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _once(lock: threading.Lock, store: dict[K, V], key: K, fetch: Callable[[], V]) -> V:
+    """``store[key]``, fetched on first use (two threads may both fetch; the first one is kept)."""
+    with lock:
+        if key in store:
+            return store[key]
+    value = fetch()
+    with lock:
+        return store.setdefault(key, value)
+
+
+class PageReads:
+    """``observe.Reads`` for one page: pull Secrets from the page's labelled list, the rest from
+    the run's shared reads. A pull Secret not in the list is missing (or lost its label: either
+    way a reconcile repairs it), except for an object already failing, whose Secret is read
+    (a foreign Secret squatting its name is why it fails, and its digest is what it waits on)."""
+
+    def __init__(self, run: RunReads, pulled: Mapping[tuple[str, str], dict[str, Any]],
+                 pull_refs: set[tuple[str, str]], probe: set[tuple[str, str]]) -> None:
+        self.run, self.pulled, self.pull_refs, self.probe = run, pulled, pull_refs, probe
+        self.probed = 0
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (namespace, name)
+        if key not in self.pull_refs:
+            return self.run.secret(namespace, name)
+        found = self.pulled.get(key)
+        if found is None and key in self.probe:
+            self.probed += 1
+            return self.run.kube.get_secret(namespace, name)
+        return found
+
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        return self.run.namespace(name)
+
+    def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.run.serviceaccounts(namespace).get(name)
+
+
+# -- one page --------------------------------------------------------------------------------------
+@dataclass
+class PageReport:
+    """What one plan request found; ``main.py`` answers it as JSON."""
+
+    seen: int = 0
+    up_to_date: int = 0
+    drifted: list[dict[str, str]] = field(default_factory=list)  # {namespace, name, drift}
+    failing: dict[str, int] = field(default_factory=dict)        # Ready reason -> objects
+    cont: str = ""
+    quay_calls: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seen": self.seen, "upToDate": self.up_to_date, "drifted": self.drifted,
+                "failing": self.failing, "continue": self.cont, "quayCalls": self.quay_calls}
+
+
+class Inventory:
+    """Plans pages for the resync command; holds the runs' shared reads (see RunReads)."""
+
+    def __init__(self, kube: Kube, cache: TokenListCache, *, quay_factory: QuayFactory = quay_client,
+                 clock: Callable[[], datetime.datetime] | None = None,
+                 resync_period: datetime.timedelta | None = None) -> None:
+        self.kube, self.cache, self.quay_factory = kube, cache, quay_factory
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self.resync_period = resync_period
+        self._runs: OrderedDict[str, RunReads] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _run(self, wave: str) -> RunReads:
+        with self._lock:
+            run = self._runs.get(wave) if wave else None
+            if run is None:
+                run = RunReads(self.kube.session())
+                if wave:
+                    self._runs[wave] = run
+                    while len(self._runs) > KEPT_RUNS:
+                        self._runs.popitem(last=False)
+            return run
+
+    def plan_page(self, *, namespace: str = "", cont: str = "", limit: int = PAGE_SIZE,
+                  wave: str = "") -> PageReport:
+        """Plan one page of DockerTokens (see the module docstring). Raises the API server's
+        errors for the page's own lists (the command then retries, or reports the run failed);
+        a problem with one object only sends that object to a reconcile of its own."""
+        now = self.clock()
+        run = self._run(wave)
+        objs, next_cont = self.kube.list_dockertokens_page(namespace or None, cont, limit)
+        report = PageReport(seen=len(objs), cont=next_cont)
+        reads = self._page_reads(run, objs)
+        planned: list[tuple[dict[str, Any], Observed, Plan]] = []
+        for obj in objs:
+            try:
+                ob = observe(reads, obj, verify=True, now=now, wave=wave,
+                             resync_period=self.resync_period)
+                planned.append((obj, ob, decide.plan(ob)))
+            # anything this object trips on: its own reconcile reports it
+            except Exception as exc:
+                self._drifted(report, obj, "unplanned")
+                logger.warning("resync plan of %s: %s", _name(obj), type(exc).__name__, exc_info=True)
+        conns = {ob.conn.fingerprint: ob.conn for _, ob, plan in planned
+                 if plan.token is TokenStep.VERIFY and ob.conn is not None}
+        lists = self._token_lists(conns, wave, report)
+        failing: dict[str, int] = defaultdict(int)
+        for obj, ob, plan in planned:
+            try:
+                found = verdict(ob, plan, obj.get("status") or {},
+                                lists.get(ob.conn.fingerprint) if ob.conn is not None else None)
+            except Exception:
+                logger.warning("resync verdict of %s", _name(obj), exc_info=True)
+                found = Verdict("unplanned")
+            if found.drift:
+                self._drifted(report, obj, found.drift)
+            elif found.failing:
+                failing[found.failing] += 1
+            else:
+                report.up_to_date += 1
+        report.failing = dict(failing)
+        return report
+
+    def _page_reads(self, run: RunReads, objs: list[dict[str, Any]]) -> PageReads:
+        """The page's pull Secrets in one list, by the owner-uid label of the objects that have one."""
+        pull_refs: set[tuple[str, str]] = set()
+        probe: set[tuple[str, str]] = set()
+        uids: set[str] = set()
+        for obj in objs:
+            try:
+                dt = DockerToken.from_object(obj)
+            # a spec the schema would refuse: planned (and refused) with the rest
+            except Exception:
+                logger.debug("resync plan: %s has no usable view", _name(obj))
+                continue
+            refs = {(r.namespace, r.name) for r in (dt.ret_secret, dt.status.ret_secret) if r is not None}
+            if refs and _UID.match(dt.uid):
+                uids.add(dt.uid)
+                pull_refs |= refs
+                if dt.status.retry is not None:
+                    probe |= refs
+        pulled: dict[tuple[str, str], dict[str, Any]] = {}
+        if uids:
+            selector = f"{OWNER_UID_LABEL} in ({','.join(sorted(uids))})"
+            for secret in run.kube.iter_secrets(selector):
+                meta = secret.get("metadata") or {}
+                pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
+        return PageReads(run, pulled, pull_refs, probe)
+
+    def _token_lists(self, conns: Mapping[str, Connection], wave: str,
+                     report: PageReport) -> dict[str, Mapping[str, Token] | None]:
+        """Each connection's Quay tokens, the lists made in parallel (cached for the run's events)."""
+        calls: list[int] = []
+
+        def one(conn: Connection) -> Mapping[str, Token] | None:
+            def fetch() -> list[Token]:
+                with self.quay_factory(conn) as quay:
+                    try:
+                        return quay.list_tokens()
+                    finally:
+                        calls.append(quay.calls)
+            try:
+                return self.cache.get(conn.fingerprint, fetch, wave=wave)
+            # its objects go to reconciles of their own, which record the failure
+            except QuayError as exc:
+                logger.warning("resync plan: listing tokens at %s failed: %s", conn.registry, exc)
+                return None
+
+        if not conns:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(len(conns), MAX_PARALLEL_LISTS),
+                                thread_name_prefix="plan-list") as pool:
+            found = dict(zip(conns, pool.map(one, conns.values()), strict=True))
+        report.quay_calls += sum(calls)
+        return found
+
+    @staticmethod
+    def _drifted(report: PageReport, obj: dict[str, Any], drift: str) -> None:
+        meta = obj.get("metadata") or {}
+        report.drifted.append({"namespace": str(meta.get("namespace") or ""),
+                               "name": str(meta.get("name") or ""), "drift": drift})
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+__all__ = ["PAGE_SIZE", "Inventory", "PageReport", "Verdict", "verdict"]
