@@ -74,12 +74,20 @@ def verdict(ob: Observed, plan: Plan, raw_status: Mapping[str, Any],
     It follows ``apply.Apply._ensure`` for a token that is kept: the Secret as it would be
     written, the ServiceAccount edits, a revocation due, then the status as it would be written.
     """
+    found = _drift(ob, plan, raw_status, listed)
+    if found.drift or found.failing or not (plan.add_finalizer or plan.labels):
+        return found
+    return Verdict("metadata")  # only our finalizer or a claim label is missing
+
+
+def _drift(ob: Observed, plan: Plan, raw_status: Mapping[str, Any],
+           listed: Mapping[str, Token] | None) -> Verdict:
     dt = ob.dt
     if plan.skip == "gone":
         return Verdict()
-    if plan.add_finalizer or plan.labels:
-        return Verdict("metadata")
     if plan.skip == "backoff":
+        if plan.add_finalizer:
+            return Verdict("metadata")
         ready = dt.status.condition(conditions.READY) or {}
         return Verdict(failing=str(ready.get("reason") or "Unknown"))
     if plan.cleanup:
