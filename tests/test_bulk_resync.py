@@ -20,7 +20,7 @@ import yaml
 
 from tests import harness
 from tests.checks import ApiRequests
-from tests.env import G, P, V, Env, wait_for
+from tests.env import Env, G, P, V, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITES = ("create", "update", "patch", "delete")
