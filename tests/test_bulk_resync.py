@@ -215,3 +215,29 @@ def test_pages_follow_the_continue_token(env: Env) -> None:
     # one token list for the run, shared by its pages and the repair (the run's wave), and the
     # code fetched again for the lost Secret
     assert env.quay_calls() - quay_before == 2
+
+
+def test_creations_learn_the_registry_challenge_once_per_connection(env: Env) -> None:
+    """N creations on one connection: N POSTs, one token list, one GET /v2/ (cached like the
+    list), and one /v2/auth per new token (the self-check)."""
+    env.conn_secret()
+    for i in range(3):
+        ready(env, f"c-{i}")
+    calls = env.quay.calls
+    assert (calls.get("create"), calls.get("list"), calls.get("v2"), calls.get("v2_auth")) == (3, 1, 1, 3)
+    for i in range(3):
+        conds = {c["type"]: c for c in (env.get(f"c-{i}") or {})["status"]["conditions"]}
+        assert conds["CredentialVerified"]["reason"] == "RegistryAccepted"
+
+
+def test_the_registry_check_can_be_turned_off(control_plane: Any, namespace: str, quay: Any) -> None:
+    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"],
+                                 env={"REGISTRY_CHECK": "false"}) as fn:
+        env = Env(control_plane, namespace, quay, fn)
+        env.conn_secret()
+        ready(env, "unchecked")
+        assert env.quay.calls.get("v2_auth", 0) == 0 and env.quay.calls.get("v2") == 1
+        conds = {c["type"]: c for c in (env.get("unchecked") or {})["status"]["conditions"]}
+        verified = conds["CredentialVerified"]
+        assert (verified["status"], verified["reason"]) == ("Unknown", "CheckDisabled")
+        assert "REGISTRY_CHECK=false" in verified["message"]
