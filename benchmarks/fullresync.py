@@ -51,14 +51,17 @@ def warm(fn: Function, o: Obj) -> None:
 
 
 def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | None = None,
-           label: str, threads: int, allow_failures: bool = False) -> ResyncRun:
+           label: str, threads: int, allow_failures: bool = False, per_event: bool = False) -> ResyncRun:
+    """The resync command (the bulk one), or with ``per_event`` (or a ``sample``) the per-event
+    resync it replaced (``benchmarks/resync_sample.py``)."""
     env = {**os.environ, "KUBECONFIG": str(world.cp.kubeconfigs["dockertoken-resync"]),
            "LOG_LEVEL": "WARNING"}
-    if sample is None:
+    if sample is None and not per_event:
         argv = [sys.executable, "-m", "function.resync"]
     else:
-        refs = ",".join(f"{o.namespace}/{o.name}" for o in sample)
-        argv = [sys.executable, "-m", "benchmarks.resync_sample", "--objects", refs]
+        argv = [sys.executable, "-m", "benchmarks.resync_sample"]
+        if sample is not None:
+            argv += ["--objects", ",".join(f"{o.namespace}/{o.name}" for o in sample)]
     argv += ["--sink", fn.url, "--concurrency", str(concurrency), "--timeout", "120"]
     before = world.counts()
     busy_before = _machine_busy()
@@ -80,11 +83,13 @@ def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | 
         stdout, stderr = out.read(), err.read()
     lines = stdout.strip().splitlines()
     summary = json.loads(lines[-1]) if lines else {}
-    if not allow_failures and (proc.returncode != 0 or summary.get("failed")):
+    if not allow_failures and (proc.returncode != 0 or summary.get("failed") or summary.get("undelivered")):
         raise RuntimeError(f"{label}: resync exited {proc.returncode}: {summary}\n{stderr[-3000:]}")
-    n = int(summary.get("listed", 0))
-    return ResyncRun(label, n, concurrency, threads, wall, float(summary.get("seconds", wall)),
-                     summary, after - before, cpu=cpu, returncode=proc.returncode)
+    n = int(summary.get("seen", summary.get("listed", 0)))  # bulk / per-event
+    run = ResyncRun(label, n, concurrency, threads, wall, float(summary.get("seconds", wall)),
+                    summary, after - before, cpu=cpu, returncode=proc.returncode)
+    run.memory["resync command"] = usage.ru_maxrss  # KiB
+    return run
 
 
 def _machine_busy() -> float:
@@ -107,7 +112,7 @@ def run_on_fresh_function(world: World, source: str, threads: int, warm_with: Ob
     try:
         warm(fn, warm_with)
         run = resync(world, fn, threads=threads, **kwargs)  # type: ignore[arg-type]
-        run.memory = fn.memory()
+        run.memory.update(fn.memory())
         return run
     finally:
         fn.stop()
