@@ -16,9 +16,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from benchmarks.latency import Poster, event
-from benchmarks.world import ROOT, Counts, Function, Obj, World
+from benchmarks.world import ROOT, Counts, Function, Obj, World, vm_hwm
 
 
 @dataclass
@@ -69,7 +70,7 @@ def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak, status, usage = _wait_with_peak_rss(proc.pid, argv[2])
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         cpu = {"function": fn.cpu(), **world.control_plane_cpu(), "harness": self_cpu()}
@@ -88,8 +89,25 @@ def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | 
     n = int(summary.get("seen", summary.get("listed", 0)))  # bulk / per-event
     run = ResyncRun(label, n, concurrency, threads, wall, float(summary.get("seconds", wall)),
                     summary, after - before, cpu=cpu, returncode=proc.returncode)
-    run.memory["resync command"] = usage.ru_maxrss  # KiB
+    run.memory["resync command"] = peak
     return run
+
+
+def _wait_with_peak_rss(pid: int, module: str) -> tuple[int, int, resource.struct_rusage]:
+    """Wait for ``pid``; its peak RSS (VmHWM, KiB) polled every 10 ms once it runs ``module``
+    (ru_maxrss would count the benchmark's own pages, copied before the exec)."""
+    peak = 0
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return peak, status, usage
+        try:
+            if module.encode() in cmdline.read_bytes():
+                peak = max(peak, vm_hwm(pid))
+        except OSError:
+            pass
+        time.sleep(0.01)
 
 
 def _machine_busy() -> float:

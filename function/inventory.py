@@ -29,16 +29,16 @@ import re
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from function import conditions, decide, pullsecret
 from function.apply import QuayFactory, quay_client
 from function.cache import TokenListCache
-from function.connection import Connection
+from function.connection import Connection, parse_connection
 from function.decide import Observed, Plan, TokenStep
-from function.errors import QuayError
+from function.errors import PermanentError, QuayError
 from function.kube import Kube
 from function.model import OWNER_UID_LABEL, DockerToken, Token
 from function.observe import observe
@@ -101,6 +101,8 @@ def _drift(ob: Observed, plan: Plan, raw_status: Mapping[str, Any],
         return Verdict("spec-changed" if dt.status.token_name != dt.title else "token-expired")
     if step is TokenStep.ROTATE:
         return Verdict("renewal-due")
+    if plan.delete_secrets:
+        return Verdict("secret-moved")
     if step is TokenStep.FETCH:
         return Verdict("secret-missing" if ob.ret_secret is None else "secret-edited")
     if step is TokenStep.VERIFY:
@@ -109,8 +111,6 @@ def _drift(ob: Observed, plan: Plan, raw_status: Mapping[str, Any],
         step, token = decide.after_verify(plan.held, listed.get(dt.status.uuid), ob.now)
         if step is not TokenStep.KEEP:
             return Verdict("token-gone")
-    if plan.delete_secrets:
-        return Verdict("secret-moved")
     status = dict(raw_status)
     if token is not None:
         status["expiration"] = token.expiration or None
@@ -266,6 +266,17 @@ class Inventory:
         run = self._run(wave)
         objs, next_cont = self.kube.list_dockertokens_page(namespace or None, cont, limit)
         report = PageReport(seen=len(objs), cont=next_cont)
+        with ThreadPoolExecutor(max_workers=MAX_PARALLEL_LISTS, thread_name_prefix="plan-list") as pool:
+            lists = _Lists(self, pool, wave)
+            # the Quay lists run while the pull Secrets are listed and the objects planned
+            for conn in self._likely_connections(run, objs):
+                lists.start(conn)
+            self._plan_objects(run, objs, report, lists, now, wave)
+        report.quay_calls = sum(lists.calls)
+        return report
+
+    def _plan_objects(self, run: RunReads, objs: list[dict[str, Any]], report: PageReport,
+                      lists: _Lists, now: datetime.datetime, wave: str) -> None:
         reads = self._page_reads(run, objs)
         planned: list[tuple[dict[str, Any], Observed, Plan]] = []
         for obj in objs:
@@ -277,14 +288,14 @@ class Inventory:
             except Exception as exc:
                 self._drifted(report, obj, "unplanned")
                 logger.warning("resync plan of %s: %s", _name(obj), type(exc).__name__, exc_info=True)
-        conns = {ob.conn.fingerprint: ob.conn for _, ob, plan in planned
-                 if plan.token is TokenStep.VERIFY and ob.conn is not None}
-        lists = self._token_lists(conns, wave, report)
+        for _, ob, plan in planned:
+            if plan.token is TokenStep.VERIFY and ob.conn is not None:
+                lists.start(ob.conn)
         failing: dict[str, int] = defaultdict(int)
         for obj, ob, plan in planned:
             try:
-                found = verdict(ob, plan, obj.get("status") or {},
-                                lists.get(ob.conn.fingerprint) if ob.conn is not None else None)
+                listed = lists.get(ob.conn) if plan.token is TokenStep.VERIFY and ob.conn else None
+                found = verdict(ob, plan, obj.get("status") or {}, listed)
             except Exception:
                 logger.warning("resync verdict of %s", _name(obj), exc_info=True)
                 found = Verdict("unplanned")
@@ -295,7 +306,33 @@ class Inventory:
             else:
                 report.up_to_date += 1
         report.failing = dict(failing)
-        return report
+
+    @staticmethod
+    def _likely_connections(run: RunReads, objs: list[dict[str, Any]]) -> list[Connection]:
+        """The connections whose token lists the page will need, known before planning: those
+        of objects that are not failing (a failing one waits for its retry time, and must cost
+        no Quay call meanwhile), in their own namespace (another namespace's Secret is used only
+        with its consent, which observe.py checks first)."""
+        refs: set[tuple[str, str]] = set()
+        for obj in objs:
+            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+            ref = spec.get("connSecretRef") if isinstance(spec, Mapping) else None
+            if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str) \
+                    or (obj.get("status") or {}).get("retry") or meta.get("deletionTimestamp"):
+                continue
+            if ref.get("namespace") in (None, "", meta.get("namespace")):
+                refs.add((str(meta.get("namespace")), ref["name"]))
+        conns = []
+        for namespace, name in sorted(refs):
+            secret = run.secret(namespace, name)
+            if secret is None:
+                continue
+            try:
+                conns.append(parse_connection(pullsecret.decoded(secret), secret_name=name))
+            # the objects using it are told so by their plan
+            except PermanentError:
+                continue
+        return conns
 
     def _page_reads(self, run: RunReads, objs: list[dict[str, Any]]) -> PageReads:
         """The page's pull Secrets in one list, by the owner-uid label of the objects that have one."""
@@ -323,38 +360,43 @@ class Inventory:
                 pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
         return PageReads(run, pulled, pull_refs, probe)
 
-    def _token_lists(self, conns: Mapping[str, Connection], wave: str,
-                     report: PageReport) -> dict[str, Mapping[str, Token] | None]:
-        """Each connection's Quay tokens, the lists made in parallel (cached for the run's events)."""
-        calls: list[int] = []
-
-        def one(conn: Connection) -> Mapping[str, Token] | None:
-            def fetch() -> list[Token]:
-                with self.quay_factory(conn) as quay:
-                    try:
-                        return quay.list_tokens()
-                    finally:
-                        calls.append(quay.calls)
-            try:
-                return self.cache.get(conn.fingerprint, fetch, wave=wave)
-            # its objects go to reconciles of their own, which record the failure
-            except QuayError as exc:
-                logger.warning("resync plan: listing tokens at %s failed: %s", conn.registry, exc)
-                return None
-
-        if not conns:
-            return {}
-        with ThreadPoolExecutor(max_workers=min(len(conns), MAX_PARALLEL_LISTS),
-                                thread_name_prefix="plan-list") as pool:
-            found = dict(zip(conns, pool.map(one, conns.values()), strict=True))
-        report.quay_calls += sum(calls)
-        return found
-
     @staticmethod
     def _drifted(report: PageReport, obj: dict[str, Any], drift: str) -> None:
         meta = obj.get("metadata") or {}
         report.drifted.append({"namespace": str(meta.get("namespace") or ""),
                                "name": str(meta.get("name") or ""), "drift": drift})
+
+
+class _Lists:
+    """The page's Quay token lists, each connection's fetched once in the pool (through the
+    reconciler's cache, by wave: the run's resync events reuse them)."""
+
+    def __init__(self, inventory: Inventory, pool: ThreadPoolExecutor, wave: str) -> None:
+        self.inventory, self.pool, self.wave = inventory, pool, wave
+        self.futures: dict[str, Future[Mapping[str, Token] | None]] = {}
+        self.calls: list[int] = []
+
+    def start(self, conn: Connection) -> None:
+        if conn.fingerprint not in self.futures:
+            self.futures[conn.fingerprint] = self.pool.submit(self._fetch, conn)
+
+    def get(self, conn: Connection) -> Mapping[str, Token] | None:
+        self.start(conn)
+        return self.futures[conn.fingerprint].result()
+
+    def _fetch(self, conn: Connection) -> Mapping[str, Token] | None:
+        def fetch() -> list[Token]:
+            with self.inventory.quay_factory(conn) as quay:
+                try:
+                    return quay.list_tokens()
+                finally:
+                    self.calls.append(quay.calls)
+        try:
+            return self.inventory.cache.get(conn.fingerprint, fetch, wave=self.wave)
+        # its objects go to reconciles of their own, which record the failure
+        except QuayError as exc:
+            logger.warning("resync plan: listing tokens at %s failed: %s", conn.registry, exc)
+            return None
 
 
 def _name(obj: Mapping[str, Any]) -> str:
