@@ -12,7 +12,7 @@ correct (see docs/deploy.md and shared notes on ApiServerSource).
 How: it costs what changed, not what exists.
 
 1. **Plan, a page at a time.** It sends the function one ``resyncplan`` CloudEvent per page of
-   500 DockerTokens (``--planner``, default the sink; it must be the Service itself, not a
+   1,000 DockerTokens (``--planner``, default the sink; it must be the Service itself, not a
    Broker, since the answer matters). The function lists that page, its pull Secrets, and what
    they reference, plans each object with the same pure decision as a reconcile
    (``function/inventory.py``) and answers which objects drifted, and how; the next page
@@ -34,7 +34,7 @@ delivered; 2 when the run could not plan every page (the function or the API ser
 unreachable, or refusing) or its configuration is wrong.
 
 Environment: ``RESYNC_SINK``, ``RESYNC_PLANNER`` (default: the sink), ``RESYNC_CONCURRENCY``
-(default 8), ``RESYNC_NAMESPACE``, ``RESYNC_PAGE_SIZE`` (default 500), ``RESYNC_TIMEOUT``
+(default 8), ``RESYNC_NAMESPACE``, ``RESYNC_PAGE_SIZE`` (default 1000), ``RESYNC_TIMEOUT``
 (seconds per request, default 60), ``LOG_LEVEL`` (default INFO).
 """
 
@@ -87,7 +87,7 @@ REASON_HEADER = "Quay-Dockertoken-Reason"
 FAILING = frozenset({"failed", "retrying", "blocked", "backoff"})
 
 DEFAULT_CONCURRENCY = 8
-DEFAULT_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 1000
 DEFAULT_TIMEOUT = 60.0
 
 Sleeper = Callable[[float], None]
