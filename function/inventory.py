@@ -355,7 +355,8 @@ class Inventory:
         pulled: dict[tuple[str, str], dict[str, Any]] = {}
         if uids:
             selector = f"{OWNER_UID_LABEL} in ({','.join(sorted(uids))})"
-            for secret in run.kube.iter_secrets(selector, page_size=len(uids)):
+            # room for more than the page: a full page of matches would otherwise ask for one more
+            for secret in run.kube.iter_secrets(selector, page_size=len(uids) + 100):
                 meta = secret.get("metadata") or {}
                 pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
         return PageReads(run, pulled, pull_refs, probe)
