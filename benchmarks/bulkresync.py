@@ -171,6 +171,29 @@ def memory(run: fullresync.ResyncRun) -> str:
     return ", ".join(f"{k} {v / 1024:.0f} MB" for k, v in run.memory.items())
 
 
+def model(big: fullresync.ResyncRun, base: fullresync.ResyncRun, n: int, large: int) -> list[str]:
+    """docs/scaling.md's table: arithmetic on figure C (the bulk resync's cost per object) and on
+    the per-event resync of A (the cost of each drifted object's reconcile), not measurements."""
+    per_obj = big.wall / large
+    per_event = base.wall / n                      # per drifted object, 8 in flight
+    def server(run: fullresync.ResyncRun) -> float:
+        return run.cpu.get("kube-apiserver", 0.0) + run.cpu.get("etcd", 0.0)
+
+    fn, api, api_event = big.cpu.get("function", 0.0) / large, server(big) / large, server(base) / n
+    out = ["Model (docs/scaling.md; arithmetic on C and A): objects | drifted | resync wall | "
+           "function CPU | apiserver+etcd CPU | API requests (10 / 100 conns) | Quay lists"]
+    for objects in (1_000, 10_000, 100_000):
+        for share in (0.0, 0.01):
+            drifted = int(objects * share)
+            pages = math.ceil(objects / 1000)
+            wall = objects * per_obj + drifted * per_event
+            requests = [2 * pages + c + 3 * drifted for c in (10, 100)]
+            out.append(f"  {objects:>7,} | {drifted:>5,} | {wall:6.1f} s | {objects * fn:6.1f} s | "
+                       f"{objects * api + drifted * api_event:6.1f} s | {requests[0]:,} / {requests[1]:,} | "
+                       f"10 / 100")
+    return out
+
+
 def _counts(summary: dict[str, object], key: str) -> dict[str, int]:
     found = summary.get(key)
     return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
@@ -254,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"= {k}", big.counts.quay_calls == k)
             t.add("C", "  CPU seconds", cpu(big))
             t.add("C", "  peak RSS", memory(big))
+            for line in model(big, base, n, args.large):
+                t.note(line)
     t.note("* projected: the per-event resync's time per object in A times the objects. Wall time is "
            "from the command's start to its exit; CPU in seconds while it ran; peak RSS is VmHWM "
            "(function: of a fresh process; kube-apiserver and etcd: since they started).")
