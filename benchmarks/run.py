@@ -443,7 +443,8 @@ class Results:
     def _capacity(self, t: Table) -> None:
         inp = self.capacity_inputs()
         t.note("")
-        t.note("Capacity model (docs/scaling.md), computed from this run's figures: "
+        t.note("Capacity model of the per-event resync (before issue 22; the bulk resync's is "
+               "scripts/bench --bulk-resync's, docs/scaling.md), computed from this run's figures: "
                f"function {ms(inp.fn_cpu)}, kube-apiserver {ms(inp.api_cpu)}, etcd {ms(inp.etcd_cpu)}, "
                f"resync command {ms(inp.cmd_cpu)} of CPU per resync event; {ms(inp.latency)} per event at "
                "concurrency 1; one watch "
