@@ -3,7 +3,8 @@
 Every run gets a fresh function process (so the token-list cache starts cold and VmHWM starts
 low), warmed by one no-op update event (so the run does not pay the API client's one-time
 import; figure 3 measures that). The resync command runs as its own process with the
-``dockertoken-resync`` ServiceAccount's kubeconfig, exactly as the CronJob would.
+ApiServerSource's kubeconfig (the bulk command reads nothing from the API server; the per-event
+baseline lists the objects, as the resync identity could before issue 22).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | 
            label: str, threads: int, allow_failures: bool = False, per_event: bool = False) -> ResyncRun:
     """The resync command (the bulk one), or with ``per_event`` (or a ``sample``) the per-event
     resync it replaced (``benchmarks/resync_sample.py``)."""
-    env = {**os.environ, "KUBECONFIG": str(world.cp.kubeconfigs["dockertoken-resync"]),
+    # the per-event resync listed the objects itself (the bulk one reads nothing): an identity
+    # that may list them, as the resync's could before issue 22
+    env = {**os.environ, "KUBECONFIG": str(world.cp.kubeconfigs["dockertoken-source"]),
            "LOG_LEVEL": "WARNING"}
     if sample is None and not per_event:
         argv = [sys.executable, "-m", "function.resync"]
