@@ -180,6 +180,7 @@ def model(big: fullresync.ResyncRun, base: fullresync.ResyncRun, n: int, large: 
         return run.cpu.get("kube-apiserver", 0.0) + run.cpu.get("etcd", 0.0)
 
     fn, api, api_event = big.cpu.get("function", 0.0) / large, server(big) / large, server(base) / n
+    fn_event = base.cpu.get("function", 0.0) / n
     out = ["Model (docs/scaling.md; arithmetic on C and A): objects | drifted | resync wall | "
            "function CPU | apiserver+etcd CPU | API requests (10 / 100 conns) | Quay lists"]
     for objects in (1_000, 10_000, 100_000):
@@ -188,7 +189,8 @@ def model(big: fullresync.ResyncRun, base: fullresync.ResyncRun, n: int, large: 
             pages = math.ceil(objects / 1000)
             wall = objects * per_obj + drifted * per_event
             requests = [2 * pages + c + 3 * drifted for c in (10, 100)]
-            out.append(f"  {objects:>7,} | {drifted:>5,} | {wall:6.1f} s | {objects * fn:6.1f} s | "
+            fn_cpu = objects * fn + drifted * fn_event
+            out.append(f"  {objects:>7,} | {drifted:>5,} | {wall:6.1f} s | {fn_cpu:6.1f} s | "
                        f"{objects * api + drifted * api_event:6.1f} s | {requests[0]:,} / {requests[1]:,} | "
                        f"10 / 100")
     return out

@@ -19,6 +19,10 @@ would change anything. Objects with nothing to do cost no request of their own; 
 named back to the command, which sends each one a resync event (a reconcile of its own, isolated,
 bounded by the Service's timeout, with the retry backoff as before). A page is bounded: a fixed
 number of objects, a few lists, and one Quay timeout for the lists made in parallel.
+
+While a page is planned, the next one (its DockerTokens and their pull Secrets) is read ahead,
+so the API server's work and the function's overlap; at most one page is held ahead per
+process, and one read ahead is wasted when the command's next request goes to another pod.
 """
 
 from __future__ import annotations
@@ -245,6 +249,9 @@ class Inventory:
         self.resync_period = resync_period
         self._runs: OrderedDict[str, RunReads] = OrderedDict()
         self._lock = threading.Lock()
+        # the next page of a run, read while this one is planned (see _page)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-ahead")
+        self._ahead: tuple[tuple[str, str, int, str], Future[_Page]] | None = None
 
     def _run(self, wave: str) -> RunReads:
         with self._lock:
@@ -264,20 +271,44 @@ class Inventory:
         a problem with one object only sends that object to a reconcile of its own."""
         now = self.clock()
         run = self._run(wave)
-        objs, next_cont = self.kube.list_dockertokens_page(namespace or None, cont, limit)
-        report = PageReport(seen=len(objs), cont=next_cont)
+        page = self._page(namespace, cont, limit, wave)
+        objs = page.objs
+        report = PageReport(seen=len(objs), cont=page.next_cont)
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL_LISTS, thread_name_prefix="plan-list") as pool:
             lists = _Lists(self, pool, wave)
-            # the Quay lists run while the pull Secrets are listed and the objects planned
+            # the Quay lists run while the objects are planned
             for conn in self._likely_connections(run, objs):
                 lists.start(conn)
-            self._plan_objects(run, objs, report, lists, now, wave)
+            reads = PageReads(run, page.pulled, page.pull_refs, page.probe)
+            self._plan_objects(reads, objs, report, lists, now, wave)
         report.quay_calls = sum(lists.calls)
         return report
 
-    def _plan_objects(self, run: RunReads, objs: list[dict[str, Any]], report: PageReport,
+    def _page(self, namespace: str, cont: str, limit: int, wave: str) -> _Page:
+        """The page asked for: read ahead while the previous one was planned, or read now; then
+        the next one is read ahead (the command asks for it as soon as it has this answer). At
+        most one page is held ahead; it is a second old at most when used."""
+        key = (namespace, cont, limit, wave)
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+        page = None
+        if ahead is not None and ahead[0] == key:
+            try:
+                page = ahead[1].result()
+            # read it again now; the error, if it lasts, is the request's
+            except Exception:
+                logger.debug("resync plan: the page read ahead failed", exc_info=True)
+        if page is None:
+            page = _read_page(self.kube, namespace, cont, limit)
+        if page.next_cont and wave:
+            nxt = (namespace, page.next_cont, limit, wave)
+            future = self._reader.submit(_read_page, self.kube, namespace, page.next_cont, limit)
+            with self._lock:
+                self._ahead = (nxt, future)
+        return page
+
+    def _plan_objects(self, reads: PageReads, objs: list[dict[str, Any]], report: PageReport,
                       lists: _Lists, now: datetime.datetime, wave: str) -> None:
-        reads = self._page_reads(run, objs)
         planned: list[tuple[dict[str, Any], Observed, Plan]] = []
         for obj in objs:
             try:
@@ -334,38 +365,51 @@ class Inventory:
                 continue
         return conns
 
-    def _page_reads(self, run: RunReads, objs: list[dict[str, Any]]) -> PageReads:
-        """The page's pull Secrets in one list, by the owner-uid label of the objects that have one."""
-        pull_refs: set[tuple[str, str]] = set()
-        probe: set[tuple[str, str]] = set()
-        uids: set[str] = set()
-        for obj in objs:
-            try:
-                dt = DockerToken.from_object(obj)
-            # a spec the schema would refuse: planned (and refused) with the rest
-            except Exception:
-                logger.debug("resync plan: %s has no usable view", _name(obj))
-                continue
-            refs = {(r.namespace, r.name) for r in (dt.ret_secret, dt.status.ret_secret) if r is not None}
-            if refs and _UID.match(dt.uid):
-                uids.add(dt.uid)
-                pull_refs |= refs
-                if dt.status.retry is not None:
-                    probe |= refs
-        pulled: dict[tuple[str, str], dict[str, Any]] = {}
-        if uids:
-            selector = f"{OWNER_UID_LABEL} in ({','.join(sorted(uids))})"
-            # room for more than the page: a full page of matches would otherwise ask for one more
-            for secret in run.kube.iter_secrets(selector, page_size=len(uids) + 100):
-                meta = secret.get("metadata") or {}
-                pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
-        return PageReads(run, pulled, pull_refs, probe)
-
     @staticmethod
     def _drifted(report: PageReport, obj: dict[str, Any], drift: str) -> None:
         meta = obj.get("metadata") or {}
         report.drifted.append({"namespace": str(meta.get("namespace") or ""),
                                "name": str(meta.get("name") or ""), "drift": drift})
+
+
+@dataclass(frozen=True)
+class _Page:
+    """A page of DockerTokens and the pull Secrets of its objects."""
+
+    objs: list[dict[str, Any]]
+    next_cont: str
+    pulled: dict[tuple[str, str], dict[str, Any]]
+    pull_refs: set[tuple[str, str]]  # where the page's pull Secrets are (spec and status)
+    probe: set[tuple[str, str]]      # those of failing objects: read when not in the list
+
+
+def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
+    """One list of DockerTokens, then one of their pull Secrets, by the owner-uid label."""
+    objs, next_cont = kube.list_dockertokens_page(namespace or None, cont, limit)
+    pull_refs: set[tuple[str, str]] = set()
+    probe: set[tuple[str, str]] = set()
+    uids: set[str] = set()
+    for obj in objs:
+        try:
+            dt = DockerToken.from_object(obj)
+        # a spec the schema would refuse: planned (and refused) with the rest
+        except Exception:
+            logger.debug("resync plan: %s has no usable view", _name(obj))
+            continue
+        refs = {(r.namespace, r.name) for r in (dt.ret_secret, dt.status.ret_secret) if r is not None}
+        if refs and _UID.match(dt.uid):
+            uids.add(dt.uid)
+            pull_refs |= refs
+            if dt.status.retry is not None:
+                probe |= refs
+    pulled: dict[tuple[str, str], dict[str, Any]] = {}
+    if uids:
+        selector = f"{OWNER_UID_LABEL} in ({','.join(sorted(uids))})"
+        # room for more than the page: a full page of matches would otherwise ask for one more
+        for secret in kube.iter_secrets(selector, page_size=len(uids) + 100):
+            meta = secret.get("metadata") or {}
+            pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
+    return _Page(objs, next_cont, pulled, pull_refs, probe)
 
 
 class _Lists:
