@@ -22,6 +22,9 @@ from function.model import GROUP, KIND
 
 RESYNC_TYPE = "io.github.herve4m.quay.dockertoken.resync"
 PLAN_TYPE = "io.github.herve4m.quay.dockertoken.resyncplan"
+# The function's answer to a resync event says what the pass did, for the command's summary.
+OUTCOME_HEADER = "Quay-Dockertoken-Outcome"  # ready, failed, retrying, backoff, blocked, ...
+REASON_HEADER = "Quay-Dockertoken-Reason"    # the Ready reason
 # A continue token is an opaque API server cursor; a few hundred bytes in practice.
 MAX_CONTINUE = 4096
 MAX_LIMIT = 1000

@@ -40,8 +40,6 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 _lock = threading.Lock()
 _reconciler: Reconciler | None = None
 _inventory: Inventory | None = None
-OUTCOME_HEADER = "Quay-Dockertoken-Outcome"
-REASON_HEADER = "Quay-Dockertoken-Reason"
 
 
 def reconciler() -> Reconciler:
@@ -170,9 +168,9 @@ def _empty_success(response: flask.Response) -> flask.Response:
         response = flask.Response(status=204)
         result, reason = flask.g.get("outcome") or ("", "")
         if result:
-            response.headers[OUTCOME_HEADER] = result
+            response.headers[events.OUTCOME_HEADER] = result
         if reason:
-            response.headers[REASON_HEADER] = reason
+            response.headers[events.REASON_HEADER] = reason
     return response
 
 

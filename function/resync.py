@@ -56,7 +56,7 @@ from typing import Any
 
 import httpx
 
-from function.events import MAX_LIMIT, PLAN_TYPE, RESYNC_TYPE
+from function.events import MAX_LIMIT, OUTCOME_HEADER, PLAN_TYPE, REASON_HEADER, RESYNC_TYPE
 from function.model import API_VERSION, KIND, PLURAL
 
 __all__ = [
@@ -80,9 +80,6 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 BACKOFF_SECONDS = (0.5, 1.0, 2.0)
 #: Longest response body excerpt that may appear in a log line.
 MAX_BODY_LOG = 200
-#: The function's answer to a resync event: what the reconcile did (main.py).
-OUTCOME_HEADER = "Quay-Dockertoken-Outcome"
-REASON_HEADER = "Quay-Dockertoken-Reason"
 #: Outcomes of a reconcile that left the object failing (it waits for its retry time).
 FAILING = frozenset({"failed", "retrying", "blocked", "backoff"})
 

@@ -20,7 +20,7 @@ import pytest
 from cloudevents.http import from_http
 
 from function import resync
-from function.events import PLAN_TYPE, RESYNC_TYPE
+from function.events import OUTCOME_HEADER, PLAN_TYPE, REASON_HEADER, RESYNC_TYPE
 
 API_VERSION = "quay.herve4m.github.io/v1alpha1"
 
@@ -114,7 +114,7 @@ def sink() -> Iterator[Sink]:
                 status = state.answer(key)
                 payload = state.body if status >= 300 else b""
                 result, reason = state.outcome.get(key, ("ready", ""))
-                extra = {resync.OUTCOME_HEADER: result, resync.REASON_HEADER: reason}
+                extra = {OUTCOME_HEADER: result, REASON_HEADER: reason}
             self.send_response(status)
             for k, v in extra.items():
                 if v:
