@@ -27,7 +27,7 @@ from cloudevents.http import from_http
 from cloudevents.http.event import CloudEvent
 
 from function import events, logs
-from function.errors import BadEvent, TemporaryError
+from function.errors import BadEvent, PermanentError, TemporaryError
 from function.inventory import PAGE_SIZE, Inventory
 from function.reconcile import Outcome, Reconciler
 
@@ -121,6 +121,10 @@ def _plan(cloud_event: CloudEvent, fields: dict[str, Any], started: float) -> No
     except TemporaryError as exc:
         _log(fields, started, "retry", 503, reason=exc.reason, message=str(exc))
         flask.abort(_answer(503, f"temporary failure, retry: {exc}"))
+    # refused (a right missing, a continue token expired): retrying the same cannot help
+    except PermanentError as exc:
+        _log(fields, started, "failed", 500, message=str(exc))
+        flask.abort(_answer(500, f"cannot plan this page: {exc}"))
     except Exception as exc:
         logger.exception("unexpected error", extra={"fields": fields})
         _log(fields, started, "error", 503, message=type(exc).__name__)

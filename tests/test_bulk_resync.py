@@ -241,3 +241,13 @@ def test_the_registry_check_can_be_turned_off(control_plane: Any, namespace: str
         verified = conds["CredentialVerified"]
         assert (verified["status"], verified["reason"]) == ("Unknown", "CheckDisabled")
         assert "REGISTRY_CHECK=false" in verified["message"]
+
+
+def test_a_plan_request_the_api_server_refuses_is_answered_500_with_why(env: Env) -> None:
+    """A continue token the API server does not know (hostile, or expired): no retry can help."""
+    from function.resync import plan_event
+
+    resp = harness.post(env.fn.url, plan_event(env.ns, "not-a-continue-token", 10, "w-1"))
+    assert resp.status_code == 500 and "cannot plan this page" in resp.text, resp.text
+    resp = harness.post(env.fn.url, plan_event("Not_A_Namespace", "", 10, "w-1"))
+    assert resp.status_code == 400 and "data.namespace" in resp.text, resp.text
