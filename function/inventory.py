@@ -196,8 +196,8 @@ def _once(lock: threading.Lock, store: dict[K, V], key: K, fetch: Callable[[], V
 class PageReads:
     """``observe.Reads`` for one page: pull Secrets from the page's labelled list, the rest from
     the run's shared reads. A pull Secret not in the list is missing (or lost its label: either
-    way a reconcile repairs it), except for an object already failing, whose Secret is read
-    (a foreign Secret squatting its name is why it fails, and its digest is what it waits on)."""
+    way a reconcile repairs it), except for an object failing because a foreign Secret squats
+    its name: that Secret is read (its resourceVersion is in the digest the object waits on)."""
 
     def __init__(self, run: RunReads, pulled: Mapping[tuple[str, str], dict[str, Any]],
                  pull_refs: set[tuple[str, str]], probe: set[tuple[str, str]]) -> None:
@@ -380,7 +380,7 @@ class _Page:
     next_cont: str
     pulled: dict[tuple[str, str], dict[str, Any]]
     pull_refs: set[tuple[str, str]]  # where the page's pull Secrets are (spec and status)
-    probe: set[tuple[str, str]]      # those of failing objects: read when not in the list
+    probe: set[tuple[str, str]]      # read when not in the list: where a foreign Secret is in the way
 
 
 def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
@@ -400,7 +400,8 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
         if refs and _UID.match(dt.uid):
             uids.add(dt.uid)
             pull_refs |= refs
-            if dt.status.retry is not None:
+            ready = dt.status.condition(conditions.READY) or {}
+            if dt.status.retry is not None and ready.get("reason") == conditions.SECRET_CONFLICT:
                 probe |= refs
     pulled: dict[tuple[str, str], dict[str, Any]] = {}
     if uids:

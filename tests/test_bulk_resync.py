@@ -11,6 +11,7 @@ job (issue 20, point 4).
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 
 from tests import harness
 from tests.checks import ApiRequests
-from tests.env import Env, G, P, V, wait_for
+from tests.env import USER, Env, G, P, V, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITES = ("create", "update", "patch", "delete")
@@ -181,24 +182,51 @@ def test_failing_objects_exit_0_with_counts_by_reason(env: Env) -> None:
     env.dockertoken("down", title="down", ret="down-pull", connSecretRef={"name": "down"})
 
     for _ in range(2):  # first: the new objects are reconciled and fail; then: they back off
+        requests = ApiRequests(env)
         code, text, summary = resync(env)
         assert code == 0, text
         assert summary["failing"] == {"QuayAuthenticationFailed": 1, "QuayUnavailable": 1}, text
         assert summary["upToDate"] == 1 and summary["undelivered"] == 0
         assert "failing        2" in text
+    # backing off, they cost no request of their own: no reconcile, no GET of a pull Secret; the
+    # run reads each connection Secret once, whatever the objects using it
+    assert reconciles(requests) == 0 and requests.count("get", "secrets") == 3
+    assert {requests.count("get", "secrets", name=n) for n in ("quay-credentials", "refused", "down")} == {1}
+
+
+def test_a_foreign_secret_in_the_way_is_failing_without_a_reconcile(env: Env) -> None:
+    env.conn_secret()
+    env.core.create_namespaced_secret(env.ns, {"metadata": {"name": "squat-pull"},
+                                               "stringData": {"someone": "else's"}})
+    env.dockertoken("squat", title="squat", ret="squat-pull")
+    code, text, summary = resync(env)  # new: reconciled, refused
+    assert code == 0 and summary["failing"] == {"ReturnSecretConflict": 1}, text
+    requests = ApiRequests(env)
+    code, text, summary = resync(env)  # backing off: its digest read again (the foreign Secret)
+    assert code == 0 and summary["failing"] == {"ReturnSecretConflict": 1}, text
+    assert reconciles(requests) == 0 and writes(requests) == 0
+    assert requests.count("get", "secrets", name="squat-pull") == 1
 
 
 def test_a_run_whose_api_server_is_unreachable_exits_2(env: Env, tmp_path: Path) -> None:
-    config = yaml.safe_load(env.fn.kubeconfig.read_text())
-    for cluster in config["clusters"]:
-        cluster["cluster"]["server"] = f"https://127.0.0.1:{harness.free_port()}"
-    dead = tmp_path / "kubeconfig"
-    dead.write_text(yaml.safe_dump(config))
-    with harness.FunctionProcess(dead) as fn:
-        code, text, summary = resync(env, url=fn.url)
-    assert code == 2, text
+    # a port held, never listening: connections are refused, and no other process can take it
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        config = yaml.safe_load(env.fn.kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{held.getsockname()[1]}"
+        dead = tmp_path / "kubeconfig"
+        dead.write_text(yaml.safe_dump(config))
+        code, text, summary, logs = _resync_with(env, dead)
+    assert code == 2, text + logs
     assert summary["planned"] is False
-    assert "NOT PLANNED" in text and "API server unreachable" in text
+    assert "NOT PLANNED" in text and "API server unreachable" in text, text + logs
+
+
+def _resync_with(env: Env, kubeconfig: Path) -> tuple[int, str, dict[str, Any], str]:
+    with harness.FunctionProcess(kubeconfig) as fn:
+        code, text, summary = resync(env, url=fn.url)
+        return code, text, summary, fn.logs()
 
 
 def test_pages_follow_the_continue_token(env: Env) -> None:
@@ -220,7 +248,8 @@ def test_pages_follow_the_continue_token(env: Env) -> None:
 def test_creations_learn_the_registry_challenge_once_per_connection(env: Env) -> None:
     """N creations on one connection: N POSTs, one token list, one GET /v2/ (cached like the
     list), and one /v2/auth per new token (the self-check)."""
-    env.conn_secret()
+    # a connection of its own: the function process, shared by the tests, caches by connection
+    env.conn_secret(host=env.quay.base_url, token=env.quay.add_oauth_token(USER, "user:admin"))
     for i in range(3):
         ready(env, f"c-{i}")
     calls = env.quay.calls
