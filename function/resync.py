@@ -204,7 +204,12 @@ def _post(client: httpx.Client, url: str, headers: Mapping[str, str], body: byte
     for delay in (*BACKOFF_SECONDS, None):
         attempts += 1
         try:
-            resp = client.post(url, headers=headers, content=body)
+            try:
+                resp = client.post(url, headers=headers, content=body)
+            # a kept-alive connection the server closed meanwhile (its keep-alive timeout, e.g.
+            # gunicorn's 2 s, met our backoff): sent again at once on a new connection
+            except httpx.RemoteProtocolError:
+                resp = client.post(url, headers=headers, content=body)
         except httpx.TransportError as exc:
             detail = f"{type(exc).__name__}: {_excerpt(str(exc))}"
         else:

@@ -424,3 +424,21 @@ def test_the_function_accepts_what_resync_sends(sink: Sink, capsys: pytest.Captu
     headers, body = resync.plan_event("ns1", "abc", 2, "w-1")
     page = parse_plan({k.removeprefix("ce-"): v for k, v in headers.items()}, json.loads(body), 500)
     assert (page.namespace, page.cont, page.limit, page.wave) == ("ns1", "abc", 2, "w-1")
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_sent_again_at_once() -> None:
+    """gunicorn closes idle connections after 2 s, the last backoff step: the request then meets
+    a closed connection ("Server disconnected"), and is sent again on a new one, no attempt lost."""
+    import httpx
+
+    calls: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(204, headers={OUTCOME_HEADER: "ready"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        result = resync.deliver(client, "http://sink/", resync.ObjectRef("ns", "a"), Sleeps())
+    assert result.ok and result.attempts == 1 and result.outcome == "ready" and len(calls) == 2
