@@ -98,7 +98,8 @@ def test_resync_command_restores_a_deleted_return_secret(env: Env) -> None:
     # also brings objects the watch has not delivered yet (it may have: either way, all Ready)
     code, summary = _resync(env.cp, env.fn, env.ns)
     assert (code, summary["seen"], summary["failing"]) == (0, 3, {})
-    assert summary["upToDate"] + summary["repaired"].get("token-missing", 0) == 3, summary
+    # each object up to date or repaired (how depends on where the watch's own passes are)
+    assert summary["upToDate"] + sum(summary["repaired"].values()) == 3, summary
     for name in ("a", "b", "c"):
         wait_for(lambda: env.ready(name).get("status") == "True", what=f"{name} Ready")  # noqa: B023
     first = env.secret_data("b-pull")
