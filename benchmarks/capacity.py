@@ -1,4 +1,6 @@
-"""The capacity model of docs/scaling.md, computed from one run's measured figures.
+"""The capacity model of the per-event resync (one event per object, before issue 22), computed
+from one run's measured figures; kept as the baseline. The bulk resync's model, which
+docs/scaling.md presents, is ``benchmarks/bulkresync.model`` (``scripts/bench --bulk-resync``).
 
 Everything here is arithmetic on what the run measured (named in :class:`Inputs`); nothing is
 measured at 10k or 100k objects. The assumptions are the deployed defaults (knative/base):

@@ -3,7 +3,8 @@
 Every run gets a fresh function process (so the token-list cache starts cold and VmHWM starts
 low), warmed by one no-op update event (so the run does not pay the API client's one-time
 import; figure 3 measures that). The resync command runs as its own process with the
-``dockertoken-resync`` ServiceAccount's kubeconfig, exactly as the CronJob would.
+ApiServerSource's kubeconfig (the bulk command reads nothing from the API server; the per-event
+baseline lists the objects, as the resync identity could before issue 22).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from benchmarks.latency import Poster, event
-from benchmarks.world import ROOT, Counts, Function, Obj, World
+from benchmarks.world import ROOT, Counts, Function, Obj, World, vm_hwm
 
 
 @dataclass
@@ -51,14 +53,19 @@ def warm(fn: Function, o: Obj) -> None:
 
 
 def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | None = None,
-           label: str, threads: int, allow_failures: bool = False) -> ResyncRun:
-    env = {**os.environ, "KUBECONFIG": str(world.cp.kubeconfigs["dockertoken-resync"]),
+           label: str, threads: int, allow_failures: bool = False, per_event: bool = False) -> ResyncRun:
+    """The resync command (the bulk one), or with ``per_event`` (or a ``sample``) the per-event
+    resync it replaced (``benchmarks/resync_sample.py``)."""
+    # the per-event resync listed the objects itself (the bulk one reads nothing): an identity
+    # that may list them, as the resync's could before issue 22
+    env = {**os.environ, "KUBECONFIG": str(world.cp.kubeconfigs["dockertoken-source"]),
            "LOG_LEVEL": "WARNING"}
-    if sample is None:
+    if sample is None and not per_event:
         argv = [sys.executable, "-m", "function.resync"]
     else:
-        refs = ",".join(f"{o.namespace}/{o.name}" for o in sample)
-        argv = [sys.executable, "-m", "benchmarks.resync_sample", "--objects", refs]
+        argv = [sys.executable, "-m", "benchmarks.resync_sample"]
+        if sample is not None:
+            argv += ["--objects", ",".join(f"{o.namespace}/{o.name}" for o in sample)]
     argv += ["--sink", fn.url, "--concurrency", str(concurrency), "--timeout", "120"]
     before = world.counts()
     busy_before = _machine_busy()
@@ -66,7 +73,7 @@ def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        peak, status, usage = _wait_with_peak_rss(proc.pid, argv[2])
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
         cpu = {"function": fn.cpu(), **world.control_plane_cpu(), "harness": self_cpu()}
@@ -80,11 +87,30 @@ def resync(world: World, fn: Function, *, concurrency: int, sample: list[Obj] | 
         stdout, stderr = out.read(), err.read()
     lines = stdout.strip().splitlines()
     summary = json.loads(lines[-1]) if lines else {}
-    if not allow_failures and (proc.returncode != 0 or summary.get("failed")):
+    if not allow_failures and (proc.returncode != 0 or summary.get("failed") or summary.get("undelivered")):
         raise RuntimeError(f"{label}: resync exited {proc.returncode}: {summary}\n{stderr[-3000:]}")
-    n = int(summary.get("listed", 0))
-    return ResyncRun(label, n, concurrency, threads, wall, float(summary.get("seconds", wall)),
-                     summary, after - before, cpu=cpu, returncode=proc.returncode)
+    n = int(summary.get("seen", summary.get("listed", 0)))  # bulk / per-event
+    run = ResyncRun(label, n, concurrency, threads, wall, float(summary.get("seconds", wall)),
+                    summary, after - before, cpu=cpu, returncode=proc.returncode)
+    run.memory["resync command"] = peak
+    return run
+
+
+def _wait_with_peak_rss(pid: int, module: str) -> tuple[int, int, resource.struct_rusage]:
+    """Wait for ``pid``; its peak RSS (VmHWM, KiB) polled every 10 ms once it runs ``module``
+    (ru_maxrss would count the benchmark's own pages, copied before the exec)."""
+    peak = 0
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return peak, status, usage
+        try:
+            if module.encode() in cmdline.read_bytes():
+                peak = max(peak, vm_hwm(pid))
+        except OSError:
+            pass
+        time.sleep(0.01)
 
 
 def _machine_busy() -> float:
@@ -107,7 +133,7 @@ def run_on_fresh_function(world: World, source: str, threads: int, warm_with: Ob
     try:
         warm(fn, warm_with)
         run = resync(world, fn, threads=threads, **kwargs)  # type: ignore[arg-type]
-        run.memory = fn.memory()
+        run.memory.update(fn.memory())
         return run
     finally:
         fn.stop()

@@ -4,12 +4,12 @@ a. **Failing objects in a steady cluster (issue 10).** A few DockerTokens that f
    ways are created with the adapter running (every write of the function comes back as an event);
    once they have settled, deliveries and Quay calls are counted for ``window`` seconds with
    nothing else going on: events from their own writes, extrapolated to an hour (goal 0). The
-   adapter is then stopped and the real resync command (``benchmarks.resync_sample``, the
-   ``dockertoken-resync`` identity) is run over them three times: while they back off, after
-   their retry time was moved into the past (what a resync after ``status.retry.notBefore``
-   sees), and right after that. Those measured per-resync costs, applied to the retry schedule of
-   ``function/decide.py`` (5 min, then 10, 20 ... up to 6 h; resync every 10 min), give the
-   calls per hour: a model, not an hour of measurement.
+   adapter is then stopped and a resync event is sent to each of them
+   (``benchmarks.resync_sample``, the per-event resync of before issue 22) three times: while
+   they back off, after their retry time was moved into the past (what a resync after
+   ``status.retry.notBefore`` sees), and right after that. Those measured per-resync costs,
+   applied to the retry schedule of ``function/decide.py`` (5 min, then 10, 20 ... up to 6 h;
+   resync every 10 min), give the calls per hour: a model, not an hour of measurement.
 b. **Serial delivery.** No-op update events (an annotation touched on Ready objects) and new
    objects (add, then the echo of each write), timed from the function's log: what one watch
    delivers per second, given the function's latency.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from function import creation, decide, inuse, kevents, steps
 from function.cache import TokenListCache
@@ -49,7 +49,7 @@ class Pass:
         self.events: list[kevents.Transition] = list(plan.events)
         self.actions: list[str] = []
         self.reporting_instance = reporting_instance
-        self._factory = quay_factory
+        self._factory, self.cache = quay_factory, cache
         self._client: QuayClient | None = None
         self.creator = creation.Creator(kube, lambda: self.quay, cache, observed.conn,
                                         act=self.actions.append, stored=self._stored, revoke=self._revoke)
@@ -162,7 +162,7 @@ class Pass:
                 return decide.acquired(work, made.token, adopted=made.adopted, status=made.status)
             case steps.CheckRegistry():
                 try:
-                    return decide.challenged(ob, work, self.quay.registry_challenge())
+                    return decide.challenged(ob, work, self._challenge())
                 # the token is made and recorded: a check that cannot be made is reported
                 except QuayError as exc:
                     return decide.unchecked(ob, work, exc)
@@ -174,6 +174,13 @@ class Pass:
                     return decide.unchecked(ob, work, exc)
                 return decide.credential_checked(ob, work, check.ok, check.detail)
         return work
+
+    def _challenge(self) -> steps.Challenge | None:
+        """``GET /v2/``: a setting of the Quay server, not of a token, so learnt once per
+        connection and kept (cache.py); the token-specific ``/v2/auth`` is never cached."""
+        assert self.ob.conn is not None
+        return cast("steps.Challenge | None", self.cache.challenges.get(
+            self.ob.conn.fingerprint, lambda: self.quay.registry_challenge()))
 
     def _fetch(self, uid: str) -> Token | None:
         """The token with its code; None when Quay no longer has it."""

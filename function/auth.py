@@ -211,3 +211,12 @@ def sender_auth(env: Mapping[str, str] | None = None) -> BearerFile | None:
     mounts a projected token for the function's audience there); None when unset."""
     path = (os.environ if env is None else env).get("RESYNC_TOKEN_FILE") or ""
     return BearerFile(Path(path)) if path else None
+
+
+def planner_auth(env: Mapping[str, str] | None = None) -> BearerFile | None:
+    """The credentials of the resync command's plan requests: ``RESYNC_PLANNER_TOKEN_FILE`` when
+    the events go elsewhere than the plans (through a Broker, whose audience is not the
+    function's: overlays/broker), else the events' own (:func:`sender_auth`)."""
+    env = os.environ if env is None else env
+    path = env.get("RESYNC_PLANNER_TOKEN_FILE") or ""
+    return BearerFile(Path(path)) if path else sender_auth(env)

@@ -22,11 +22,41 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
 
 from function.model import Token
 
+V = TypeVar("V")
+
 # Long enough to cover one resync wave, short enough that revocations show up on the next one.
 TTL_SECONDS = 60.0
+# The registry's challenge (GET /v2/: its realm and service) is a setting of the Quay server,
+# not of a token: learnt once per connection and kept this long (a changed SERVER_HOSTNAME
+# shows up within the hour).
+CHALLENGE_TTL_SECONDS = 3600.0
+
+
+class ValueCache(Generic[V]):
+    """One value per key, fetched at most once per TTL (single flight per key); thread-safe."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._clock = ttl, clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, V]] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def get(self, key: str, fetch: Callable[[], V]) -> V:
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and self._clock() - entry[0] < self._ttl:
+                    return entry[1]
+            value = fetch()
+            with self._lock:
+                self._entries[key] = (self._clock(), value)
+            return value
 
 
 class TokenListCache:
@@ -38,6 +68,8 @@ class TokenListCache:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, str, dict[str, Token]]] = {}
         self._key_locks: dict[str, threading.Lock] = {}
+        # per connection: the registry's Bearer challenge (quay.RegistryChallenge, or None)
+        self.challenges: ValueCache[object] = ValueCache(CHALLENGE_TTL_SECONDS, clock)
 
     def get(self, key: str, fetch: Callable[[], list[Token]], *, wave: str = "",
             fresh: bool = False) -> Mapping[str, Token]:

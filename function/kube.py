@@ -266,6 +266,17 @@ class Kube:
             if not params["continue"]:
                 return
 
+    def list_dockertokens_page(self, namespace: str | None = None, cont: str = "",
+                               limit: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], str]:
+        """One page of DockerTokens (in one namespace, or all) from ``cont``; and the next
+        page's continue token ("" after the last page). The bulk resync's unit of work."""
+        path = f"{_CR}/namespaces/{namespace}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
+        params: dict[str, Any] = {"limit": limit}
+        if cont:
+            params["continue"] = cont
+        page = self._request("list dockertokens", "GET", path, params=params) or {}
+        return list(page.get("items") or ()), str((page.get("metadata") or {}).get("continue") or "")
+
     def patch_metadata(self, namespace: str, name: str, resource_version: str, *,
                        finalizers: Sequence[str] | None = None,
                        labels: Mapping[str, str | None] | None = None,
@@ -318,6 +329,16 @@ class Kube:
         return _is(self._request(what, "GET", f"/api/v1/namespaces/{_seg(namespace)}/secrets/{_seg(name)}",
                                  missing_ok=True), what, namespace, name)
 
+    def iter_secrets(self, label_selector: str, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
+        """The Secrets of every namespace that match ``label_selector``, a page at a time."""
+        params: dict[str, Any] = {"limit": page_size, "labelSelector": label_selector}
+        while True:
+            page = self._request("list secrets", "GET", "/api/v1/secrets", params=params) or {}
+            yield from page.get("items") or ()
+            params["continue"] = (page.get("metadata") or {}).get("continue")
+            if not params["continue"]:
+                return
+
     def create_secret(self, body: dict[str, Any]) -> bool:
         """Create; False when the namespace does not exist (the only 404 a create can get)."""
         self.writes += 1
@@ -362,6 +383,12 @@ class Kube:
         return _is(self._request(what, "GET",
                                  f"/api/v1/namespaces/{_seg(namespace)}/serviceaccounts/{_seg(name)}",
                                  missing_ok=True), what, namespace, name)
+
+    def list_serviceaccounts(self, namespace: str) -> list[dict[str, Any]]:
+        """Every ServiceAccount of ``namespace`` (one request: a namespace holds few)."""
+        page = self._request(f"list serviceaccounts in {namespace}", "GET",
+                             f"/api/v1/namespaces/{namespace}/serviceaccounts") or {}
+        return list(page.get("items") or ())
 
     def patch_serviceaccount_pull_secrets(self, namespace: str, name: str,
                                           pull_secrets: list[Mapping[str, Any]],

@@ -50,6 +50,8 @@ CODE_LIKE = re.compile(r"[A-Z0-9]{40,}")
 # DNS-1123 subdomains, namespaces DNS-1123 labels. A name is never a path: no "/", no "." or "..".
 SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The same uid as a label: the bulk resync lists a page's pull Secrets by it (inventory.py).
+OWNER_UID_LABEL = OWNER_UID_ANNOTATION
 
 
 @dataclass(frozen=True)

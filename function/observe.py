@@ -14,13 +14,12 @@ import datetime
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from function import conditions, decide, protection, pullsecret
 from function.connection import Connection, parse_connection
 from function.decide import Observed
 from function.errors import PermanentError
-from function.kube import Kube
 from function.model import DockerToken, Ref
 
 # On a connection Secret, or on a Namespace: the namespaces (comma-separated, or "*") whose
@@ -28,9 +27,18 @@ from function.model import DockerToken, Ref
 ALLOWED_NAMESPACES = "quay.herve4m.github.io/allowed-namespaces"
 
 
-def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
+class Reads(Protocol):
+    """The reads a pass makes: ``kube.Kube`` for one object, ``inventory`` answers them from lists."""
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_namespace(self, name: str) -> dict[str, Any] | None: ...
+    def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
             wave: str = "", resync_period: datetime.timedelta = decide.RESYNC_PERIOD,
-            rotation_grace: datetime.timedelta = decide.ROTATION_GRACE) -> Observed:
+            rotation_grace: datetime.timedelta = decide.ROTATION_GRACE,
+            registry_check: bool = True) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
     dt = DockerToken.from_object(obj)
     bad_name = dt.name_error()
@@ -56,12 +64,12 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
         dt=dt, now=now, verify=verify, wave=wave, conn=conn, conn_error=conn_error, conn_version=conn_version,
         ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
         consent_version=f"{consent}/{ret_consent}", service_accounts=accounts,
-        resync_period=resync_period, rotation_grace=rotation_grace,
+        resync_period=resync_period, rotation_grace=rotation_grace, registry_check=registry_check,
         conn_secret=conn_secret, registered=protection.registered(obj),
     )
 
 
-def _connection(kube: Kube, dt: DockerToken) -> tuple[
+def _connection(kube: Reads, dt: DockerToken) -> tuple[
         Connection | None, PermanentError | None, str, str, Mapping[str, Any] | None]:
     """(connection, why not, digest of its content, consent state, the Secret as found) for
     spec.connSecretRef."""
@@ -96,7 +104,7 @@ def _content_digest(secret: Mapping[str, Any]) -> str:
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
-def _return_namespace(kube: Kube, dt: DockerToken) -> tuple[PermanentError | None, str]:
+def _return_namespace(kube: Reads, dt: DockerToken) -> tuple[PermanentError | None, str]:
     """Whether the pull Secret may be written where spec.retSecretRef says."""
     ref = dt.ret_secret
     if ref is None or ref.namespace == dt.namespace:

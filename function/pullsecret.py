@@ -22,6 +22,7 @@ from function.model import (
     MANAGED_BY_LABEL,
     OWNER_ANNOTATION,
     OWNER_UID_ANNOTATION,
+    OWNER_UID_LABEL,
     DockerToken,
     Ref,
     Token,
@@ -61,7 +62,7 @@ def build(dt: DockerToken, where: Ref, token: Token, registry: str | Sequence[st
     """The whole Secret object; an ownerReference only where Kubernetes allows one (same namespace),
     and spec.secretTemplate's labels and annotations (never replacing the ownership marks)."""
     labels, annotations = template.apply_template(
-        {MANAGED_BY_LABEL: MANAGED_BY},
+        {MANAGED_BY_LABEL: MANAGED_BY, OWNER_UID_LABEL: dt.uid},
         {OWNER_ANNOTATION: f"{dt.namespace}/{dt.name}", OWNER_UID_ANNOTATION: dt.uid},
         dt.secret_template)
     meta: dict[str, Any] = {

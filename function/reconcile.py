@@ -43,11 +43,13 @@ class Reconciler:
                  cache: TokenListCache | None = None, clock: Clock = utcnow,
                  resync_period: datetime.timedelta | None = None,
                  rotation_grace: datetime.timedelta | None = None,
+                 registry_check: bool = True,
                  reporting_instance: str = "quay-dockertoken") -> None:
         self.kube, self.quay_factory, self.clock = kube, quay_factory, clock
         self.cache = cache or TokenListCache()
         self.resync_period = resync_period or decide.RESYNC_PERIOD
         self.rotation_grace = rotation_grace or decide.ROTATION_GRACE
+        self.registry_check = registry_check  # REGISTRY_CHECK: log in with each new code
         self.reporting_instance = reporting_instance  # names this pod in the Events it records
 
     def reconcile(self, namespace: str, name: str, *, verify_quay: bool = False,
@@ -59,11 +61,12 @@ class Reconciler:
                 kube = self.kube.session()  # counts this pass's writes only
                 obj = kube.get_dockertoken(namespace, name)
                 if obj is None:
-                    return result.finished(Report("gone"), tally, resync=verify_quay)
+                    return result.finished(Report("gone"), tally)
                 now = self.clock()
                 try:
                     observed = observe(kube, obj, verify=verify_quay, wave=wave, now=now,
-                                       resync_period=self.resync_period, rotation_grace=self.rotation_grace)
+                                       resync_period=self.resync_period, rotation_grace=self.rotation_grace,
+                                       registry_check=self.registry_check)
                     plan = decide.plan(observed)
                 # as any phase: restart, record (the failure is planned like any other), or raise
                 except Exception as exc:
@@ -84,7 +87,7 @@ class Reconciler:
                     raise
                 finally:
                     tally += step.close()
-                return result.finished(report, tally, resync=verify_quay)
+                return result.finished(report, tally)
             raise TemporaryError(f"{namespace}/{name}: still changing after {MAX_PASSES} attempts")
         # nothing could be recorded: the one mapping of errors to answers
         except Exception as exc:

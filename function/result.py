@@ -7,8 +7,8 @@ pass, record the failure, or raise), :func:`failure_of` (what to record in statu
 :func:`from_error` (what to answer when nothing could be recorded). The error tree itself is
 drawn in ``errors.py``.
 
-    recorded in status (Ready=False + retry schedule)  -> 204; 503 to a resync event whose
-                                                          failure is temporary (its CronJob counts it)
+    recorded in status (Ready=False + retry schedule)  -> 204, the outcome in its headers
+                                                          (main.py; the resync command counts them)
     nothing could be recorded (API server, a rival)    -> 503, the source redelivers
     a malformed event                                  -> 400, not retried
     anything else (a bug, an API server refusal)       -> 503 and a traceback in the log
@@ -118,12 +118,9 @@ def failure_of(exc: BaseException, *, cleanup: bool = False) -> Failure | None:
     return Failure(exc.reason, str(exc), temporary=temporary)
 
 
-def finished(report: Report, tally: Tally, *, resync: bool) -> Result:
-    """The answer to an event whose pass ended with ``report``."""
-    if report.temporary and resync:
-        return Result(UNAVAILABLE, report.result, report.reason, report.message,
-                      f"temporary failure, retried after a backoff: {report.message}",
-                      report.retry_at, True, tally)
+def finished(report: Report, tally: Tally) -> Result:
+    """The answer to an event whose pass ended with ``report``: a failure recorded with its
+    retry time is a job done (redelivering it at once would only feed the loop)."""
     return Result(NO_CONTENT, report.result, report.reason, report.message, "", report.retry_at,
                   report.temporary, tally)
 

@@ -15,14 +15,20 @@ import re
 from collections.abc import Mapping
 
 from function.errors import ConfigError
-from function.model import MANAGED_BY_LABEL, OWNER_ANNOTATION, OWNER_UID_ANNOTATION, SUBDOMAIN
+from function.model import (
+    MANAGED_BY_LABEL,
+    OWNER_ANNOTATION,
+    OWNER_UID_ANNOTATION,
+    OWNER_UID_LABEL,
+    SUBDOMAIN,
+)
 
 __all__ = ["FIELD", "MARKS", "apply_template", "validate_template"]
 
 FIELD = "spec.secretTemplate"
 # The ownership marks, per kind of metadata map: a template never changes these.
 MARKS: Mapping[str, frozenset[str]] = {
-    "labels": frozenset({MANAGED_BY_LABEL}),
+    "labels": frozenset({MANAGED_BY_LABEL, OWNER_UID_LABEL}),
     "annotations": frozenset({OWNER_ANNOTATION, OWNER_UID_ANNOTATION}),
 }
 # apimachinery/pkg/util/validation: qualified names, DNS-1123 subdomains, label values.

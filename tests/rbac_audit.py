@@ -12,8 +12,9 @@ they used, and compares it with what ``knative/base/rbac.yaml`` grants them:
 
 What counts as a use:
 
-- a request by one of the identities whose User-Agent is not a test's probe: the function's and
-  the resync job's (``quay-dockertoken``, via ``function.kube``) and the adapter's. Tests that poke
+- a request by one of the identities whose User-Agent is not a test's probe: the function's
+  (``quay-dockertoken``, via ``function.kube``) and the adapter's (the resync job makes none: it
+  has no rights, and any request of it fails the run). Tests that poke
   at an identity's rights directly, through the ``kubernetes`` client (``OpenAPI-Generator/...``)
   or with ``PROBE_AGENT``, show what is denied, not what the code needs, and are left out;
 - a SubjectAccessReview about one of the identities: Knative's ApiServerSource controller asks

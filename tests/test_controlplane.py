@@ -75,8 +75,10 @@ def test_function_identity_has_exactly_its_role(control_plane: ControlPlane, nam
         client.CoreV1Api(fn).list_namespaced_pod(namespace)
     assert err.value.status == 403
     with pytest.raises(ApiException) as err:
-        client.CoreV1Api(fn).list_namespaced_secret(namespace)  # get, never list, on Secrets
+        client.CoreV1Api(fn).list_namespaced_config_map(namespace)  # nothing but its own kinds
     assert err.value.status == 403
+    # Secrets: listed too, since the resync plans a page's pull Secrets from one labelled list
+    assert client.CoreV1Api(fn).list_namespaced_secret(namespace).items == []
     created = client.CoreV1Api(fn).create_namespaced_secret(
         namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="ret"), string_data={"k": "v"})
     )

@@ -133,7 +133,8 @@ def test_quay_down_for_a_while_the_first_resync_after_the_backoff_completes(env:
     assert checks.deliver(env, "update", attempts=3).status_code == 204
     _assert_blocked(env, "503")
     env.quay.clear_faults()
-    assert env.resync().status_code == 503  # inside the backoff: no Quay call, still failing
+    resp = env.resync()  # inside the backoff: no Quay call, still failing
+    assert resp.status_code == 204 and resp.headers["Quay-Dockertoken-Reason"] == "CleanupBlocked"
     assert env.get() is not None
     env.expire_backoff()
     assert env.resync().status_code == 204

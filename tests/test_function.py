@@ -257,8 +257,11 @@ def test_quay_unavailable_is_recorded_and_retried_after_the_backoff(env: Env) ->
     calls = env.quay_calls()
     assert env.send("update").status_code == 204  # the echo: nothing to do before notBefore
     # a resync inside the backoff costs nothing, and tells the CronJob the object still fails
+    # (counted by reason, issue 20: a job done, not a delivery to retry)
     resp = env.resync()
-    assert resp.status_code == 503 and "/api/v1/user/apptoken" in resp.text, resp.text
+    assert resp.status_code == 204, resp.text
+    assert resp.headers["Quay-Dockertoken-Outcome"] == "backoff"
+    assert resp.headers["Quay-Dockertoken-Reason"] == "QuayUnavailable"
     assert env.quay_calls() == calls
     assert env.request_reconcile().status_code == 204
     _assert_pull_secret(env)
@@ -291,7 +294,10 @@ def test_health_route_and_malformed_event(env: Env) -> None:
 
 
 
-def test_last_accessed_is_refreshed_by_resync_not_by_events(env: Env) -> None:
+def test_last_accessed_is_refreshed_by_resync_at_most_once_a_day(env: Env) -> None:
+    """LAST_ACCESSED_REFRESH (24 h by default): Quay's lastAccessed moves on every pull, and our
+    own registry check moved it right after the creation; neither is worth a write until a day
+    has passed since the value the Secret holds (issue 22)."""
     env.conn_secret()
     env.dockertoken()
     env.send("add")
@@ -299,13 +305,18 @@ def test_last_accessed_is_refreshed_by_resync_not_by_events(env: Env) -> None:
     env.quay.touch(uuid)  # someone pulled with the token
     writes = env.write_count()
     assert env.send("update").status_code == 204
+    assert env.resync().status_code == 204
     assert env.secret_data()["lastAccessed"] == "" and env.write_count() == writes
+    env.quay.advance(25 * 3600)
+    env.quay.touch(uuid)  # a pull a day later
     assert env.resync().status_code == 204
     listed = next(t for t in env.tokens() if t["uuid"] == uuid)
     assert env.secret_data()["lastAccessed"] == listed["last_accessed"] != ""
-    writes = env.write_count()
+    assert env.write_count() == writes + 1
+    env.quay.advance(3600)
+    env.quay.touch(uuid)  # an hour after that: not yet
     assert env.resync().status_code == 204
-    assert env.write_count() == writes  # unchanged in Quay: nothing written
+    assert env.write_count() == writes + 1
 
 
 def test_expired_token_is_replaced(control_plane: Any, namespace: str, function_proc: Any) -> None:

@@ -128,10 +128,10 @@ def _exec_kubeconfig(control_plane: ControlPlane, tmp_path: Path, identity: str,
 def test_an_exec_plugin_kubeconfig_acts_as_the_plugins_identity(
         control_plane: ControlPlane, admin_api: Any, namespace: str, tmp_path: Path) -> None:
     _create_dockertokens(admin_api, namespace, ["a", "b"])
-    path, _, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-resync")
+    path, _, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-source")
     client = _probe(path)
     assert runs.read_text().count("run") == 1
-    # the resync identity may list DockerTokens ...
+    # the source's identity may list DockerTokens ...
     assert sorted(o["metadata"]["name"] for o in client.iter_dockertokens(namespace)) == ["a", "b"]
     # ... and nothing else: so the request did carry that identity, not a stronger one
     with pytest.raises(PermanentError, match="answered 403"):
@@ -141,7 +141,7 @@ def test_an_exec_plugin_kubeconfig_acts_as_the_plugins_identity(
 def test_an_expiring_exec_credential_is_fetched_again(
         control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
     # 60 s is inside the kubernetes package's 5-minute safety margin: expired on every request
-    path, token, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-resync", expires_in=60)
+    path, token, runs = _exec_kubeconfig(control_plane, tmp_path, "dockertoken-source", expires_in=60)
     client = _probe(path)
     with pytest.raises(PermanentError, match="answered 403"):
         client.get_secret(namespace, "missing")

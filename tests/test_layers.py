@@ -12,12 +12,12 @@ LAYERS = [
     {"errors", "logs"},
     {"model", "conditions"},
     {"connection", "renewal", "template", "kevents", "events", "result"},
-    {"pullsecret", "claims", "steps", "protection"},
+    {"pullsecret", "claims", "steps", "protection", "lastaccess"},
     {"records"},
     {"decide"},
     {"cache", "kube", "quay", "creation", "inuse", "fleet"},
     {"observe", "apply", "auth"},
-    {"reconcile", "resync", "audit"},
+    {"reconcile", "resync", "audit", "inventory"},
     {"main", "kubectl"},
 ]
 

@@ -435,10 +435,10 @@ def _built_rbac(build: str = "base") -> Grants:
 
 def test_rbac_is_exactly_as_documented() -> None:
     documented = _documented_rbac()
+    # dockertoken-resync has no rights: the resync command reads nothing from the API server
     assert {k[0] for k in documented} == {
         "dockertoken-reconciler",
         "dockertoken-source",
-        "dockertoken-resync",
     }
     for build in BUILDS:
         assert _built_rbac(build) == documented, build
@@ -508,7 +508,8 @@ def test_service_accounts_exist_and_are_bound() -> None:
     }
     for sa, spec in users.items():
         assert spec["serviceAccountName"] == sa
-        assert sa in accounts and (sa, sa) in bound
+        # the resync's identity has no rights (it reads nothing from the API server)
+        assert sa in accounts and ((sa, sa) in bound) == (sa != "dockertoken-resync")
 
 
 # --- What the user sees -------------------------------------------------------------------------
@@ -709,7 +710,8 @@ RESYNC = "system:serviceaccount:quay-system:dockertoken-resync"
 
 @pytest.mark.parametrize(("build", "identities", "cron_audience"), [
     ("base", {OIDC_SOURCE, RESYNC}, "quay-dockertoken"),
-    ("broker", {OIDC_TRIGGER}, "eventing.knative.dev/broker/quay-system/dockertoken"),
+    # the resync's own identity for its plan requests, which a Broker cannot carry
+    ("broker", {OIDC_TRIGGER, RESYNC}, "eventing.knative.dev/broker/quay-system/dockertoken"),
 ])
 def test_senders_are_checked_and_each_sender_presents_a_token(build: str, identities: set[str],
                                                                cron_audience: str) -> None:
@@ -732,9 +734,19 @@ def test_senders_are_checked_and_each_sender_presents_a_token(build: str, identi
     (projected,) = volume["projected"]["sources"]
     assert projected["serviceAccountToken"]["audience"] == cron_audience
     assert projected["serviceAccountToken"]["path"] == "token"
+    planner = env_of(job).get("RESYNC_PLANNER_TOKEN_FILE")
     if build == "broker":
         trigger = find(objs, "Trigger", "dockertoken-reconciler")
         assert trigger["spec"]["subscriber"]["audience"] == "quay-dockertoken"
+        # plan requests go to the Service itself, with a token for the function's audience
+        assert env_of(job)["RESYNC_PLANNER"].startswith("http://dockertoken-reconciler.")
+        (mount,) = [m for m in job["volumeMounts"] if m["name"] == "planner-token"]
+        assert planner == f"{mount['mountPath']}/token"
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "planner-token"]
+        (projected,) = volume["projected"]["sources"]
+        assert projected["serviceAccountToken"]["audience"] == settings.audience
+    else:
+        assert planner is None  # the events' token, for the same audience
 
 
 def test_the_function_container_runs_read_only_with_a_tmp_volume() -> None:

@@ -1,7 +1,8 @@
-"""function/resync.py without Kubernetes: an injected lister and a real HTTP sink on 127.0.0.1.
+"""function/resync.py without Kubernetes: a real HTTP server on 127.0.0.1 stands for the function.
 
-The sink is a stdlib ThreadingHTTPServer that records every request (decoded with the
-CloudEvents SDK, as the function would) and answers from a per-object script of statuses.
+It answers the command's plan requests (``resyncplan``) from a list of objects, a page at a time
+following the continue token, and records every resync event (decoded with the CloudEvents SDK,
+as the function would), answering from a per-object script of statuses and outcomes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,27 +20,35 @@ import pytest
 from cloudevents.http import from_http
 
 from function import resync
+from function.events import OUTCOME_HEADER, PLAN_TYPE, REASON_HEADER, RESYNC_TYPE
 
 API_VERSION = "quay.herve4m.github.io/v1alpha1"
 
 
-def token(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "DockerToken",
-        "metadata": {"namespace": namespace, "name": name, "resourceVersion": "1"},
-        "spec": {"name": name, "connSecretRef": {"name": "quay"}},
-    }
+@dataclass(frozen=True)
+class Obj:
+    """An object as the function's plan would see it: drifted (how), failing (why) or in order."""
+
+    namespace: str
+    name: str
+    drift: str = "secret-missing"
+    failing: str = ""
 
 
 @dataclass
 class Sink:
-    """Records requests; ``script[(ns, name)]`` lists the statuses to answer, last one repeats."""
+    """The function: ``objects`` are planned a page at a time; ``script[(ns, name)]`` lists the
+    statuses to answer a resync event (last one repeats), ``outcome[(ns, name)]`` the outcome
+    headers of a 2xx answer."""
 
+    objects: list[Obj] = field(default_factory=list)
     script: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    outcome: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    plan_script: list[int] = field(default_factory=list)
     default: int = 204
     body: bytes = b""
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    plans: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -49,6 +58,30 @@ class Sink:
             if not statuses:
                 return self.default
             return statuses.pop(0) if len(statuses) > 1 else statuses[0]
+
+    def plan(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        with self.lock:
+            self.plans.append({**json.loads(body), "wave": headers.get("ce-resyncwave")})
+            if self.plan_script:
+                status = self.plan_script.pop(0) if len(self.plan_script) > 1 else self.plan_script[0]
+                if status >= 300:
+                    return status, b"temporary failure, retry: list dockertokens: API server unreachable"
+                if status != 200:
+                    return status, b""
+        req = json.loads(body)
+        start = int(req["continue"] or 0)
+        page = self.objects[start:start + req["limit"]]
+        nxt = start + req["limit"]
+        failing: dict[str, int] = {}
+        for o in page:
+            if o.failing:
+                failing[o.failing] = failing.get(o.failing, 0) + 1
+        report = {"seen": len(page), "upToDate": sum(1 for o in page if not o.drift and not o.failing),
+                  "drifted": [{"namespace": o.namespace, "name": o.name, "drift": o.drift}
+                              for o in page if o.drift and not o.failing],
+                  "failing": failing, "continue": str(nxt) if nxt < len(self.objects) else "",
+                  "quayCalls": 1 if page else 0}
+        return 200, json.dumps(report).encode()
 
     def events(self) -> list[Any]:
         return [from_http(h, b) for h, b in self.received]
@@ -71,11 +104,21 @@ def sink() -> Iterator[Sink]:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            with state.lock:
-                state.received.append((headers, body))
-            status = state.answer((headers.get("ce-namespace", ""), headers.get("ce-name", "")))
-            payload = state.body if status >= 300 else b""
+            extra: dict[str, str] = {}
+            if headers.get("ce-type") == PLAN_TYPE:
+                status, payload = state.plan(headers, body)
+            else:
+                with state.lock:
+                    state.received.append((headers, body))
+                key = (headers.get("ce-namespace", ""), headers.get("ce-name", ""))
+                status = state.answer(key)
+                payload = state.body if status >= 300 else b""
+                result, reason = state.outcome.get(key, ("ready", ""))
+                extra = {OUTCOME_HEADER: result, REASON_HEADER: reason}
             self.send_response(status)
+            for k, v in extra.items():
+                if v:
+                    self.send_header(k, v)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -105,45 +148,70 @@ class Sleeps(list[float]):
 
 def run(
     sink: Sink,
-    objs: list[dict[str, Any]] | Callable[[], Any],
+    objs: list[Obj],
     capsys: pytest.CaptureFixture[str],
     *extra: str,
 ) -> tuple[int, dict[str, Any], Sleeps]:
     sleeps = Sleeps()
-    lister = objs if callable(objs) else (lambda: iter(objs))
-    code = resync.main(["--sink", sink.url, *extra], lister=lister, sleep=sleeps)
+    sink.objects = list(objs)
+    code = resync.main(["--sink", sink.url, *extra], sleep=sleeps)
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1, f"stdout must be exactly one summary line: {out}"
-    summary = json.loads(out[0])
-    assert set(summary) == {"listed", "sent", "failed", "seconds"}
+    assert out[0].startswith("resync: "), out
+    summary = json.loads(out[-1])
+    assert set(summary) == {"seen", "pages", "upToDate", "repaired", "failing", "undelivered",
+                            "planQuayCalls", "planned", "seconds"}
     return code, summary, sleeps
 
 
-OBJS = [token("ns1", "a"), token("ns1", "b"), token("ns2", "a"), token("team-x", "pull")]
+OBJS = [Obj("ns1", "a"), Obj("ns1", "b", "token-gone"), Obj("ns2", "a", "serviceaccount"),
+        Obj("team-x", "pull", "secret-missing")]
 
 
-def test_the_summary_times_the_whole_run_listing_included(
+def test_only_drifted_objects_get_an_event_and_the_summary_counts_them(
     sink: Sink, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def slow_lister() -> Iterator[dict[str, Any]]:
-        time.sleep(0.3)  # a slow API server, not a synchronisation
-        return iter(OBJS)
+    objs = [*OBJS, Obj("ns1", "fine", ""), Obj("ns2", "fine", ""),
+            Obj("ns3", "waiting", "", "QuayUnavailable")]
+    sink.outcome[("ns1", "b")] = ("failed", "QuayAuthenticationFailed")
+    sleeps = Sleeps()
+    sink.objects = objs
+    code = resync.main(["--sink", sink.url, "--page-size", "3"], sleep=sleeps)
+    out = capsys.readouterr().out.strip().splitlines()
 
+    assert code == 0
+    assert set(sink.by_object()) == {(o.namespace, o.name) for o in OBJS}
+    summary = json.loads(out[-1])
+    assert summary["seen"] == 7 and summary["pages"] == 3 and summary["upToDate"] == 2
+    assert summary["repaired"] == {"secret-missing": 2, "serviceaccount": 1}
+    assert summary["failing"] == {"QuayUnavailable": 1, "QuayAuthenticationFailed": 1}
+    assert summary["planned"] is True and summary["undelivered"] == 0
+    text = "\n".join(out[:-1])
+    assert "7 DockerToken(s) seen" in text and "3 page(s)" in text
+    assert "up to date     2" in text
+    assert "repaired       3  secret-missing 2, serviceaccount 1" in text
+    assert "failing        2  QuayAuthenticationFailed 1, QuayUnavailable 1" in text
+    # one wave for the whole run: the plan requests and the events share the Quay lists
+    assert [p["continue"] for p in sink.plans] == ["", "3", "6"]
+    assert {p["limit"] for p in sink.plans} == {3}
+    waves = {p["wave"] for p in sink.plans} | {ev["resyncwave"] for ev in sink.events()}
+    assert len(waves) == 1
+
+
+def test_the_summary_times_the_whole_run(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
+    sink.script[("ns1", "a")] = [503, 204]
     started = time.monotonic()
-    code, summary, _ = run(sink, slow_lister, capsys)
+    code, summary, _ = run(sink, OBJS, capsys)
     wall = time.monotonic() - started
-    assert code == 0 and summary["sent"] == len(OBJS)
-    assert 0.3 <= summary["seconds"] <= round(wall, 3) + 0.001
+    assert code == 0
+    assert 0 < summary["seconds"] <= round(wall, 3) + 0.001
 
 
-def test_every_object_gets_one_resync_event_and_503_is_retried(
-    sink: Sink, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_503_is_retried_with_the_same_event(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
     sink.script[("ns1", "b")] = [503, 204]
     code, summary, sleeps = run(sink, OBJS, capsys, "--concurrency", "3")
 
     assert code == 0
-    assert summary["listed"] == 4 and summary["sent"] == 4 and summary["failed"] == 0
+    assert sum(summary["repaired"].values()) == 4 and summary["undelivered"] == 0
     assert sleeps == [0.5]  # one retry, after the first backoff step
 
     got = sink.by_object()
@@ -154,7 +222,7 @@ def test_every_object_gets_one_resync_event_and_503_is_retried(
         assert len({ev["id"] for ev in events}) == 1
         ev = events[0]
         assert ev["specversion"] == "1.0"
-        assert ev["type"] == "io.github.herve4m.quay.dockertoken.resync"
+        assert ev["type"] == RESYNC_TYPE
         assert ev["source"] == "/quay-dockertoken/resync"
         assert ev["kind"] == "DockerToken"
         assert ev["apiversion"] == API_VERSION
@@ -170,7 +238,7 @@ def test_binary_content_mode(sink: Sink, capsys: pytest.CaptureFixture[str]) -> 
     run(sink, OBJS[:1], capsys)
     ((headers, body),) = sink.received
     assert headers["content-type"] == "application/json"
-    assert headers["ce-type"] == "io.github.herve4m.quay.dockertoken.resync"
+    assert headers["ce-type"] == RESYNC_TYPE
     assert {
         "ce-id",
         "ce-source",
@@ -180,6 +248,7 @@ def test_binary_content_mode(sink: Sink, capsys: pytest.CaptureFixture[str]) -> 
         "ce-namespace",
         "ce-name",
         "ce-apiversion",
+        "ce-resyncwave",
     } <= headers.keys()
     assert json.loads(body) == {"namespace": "ns1", "name": "a"}
 
@@ -193,7 +262,7 @@ def test_500_fails_without_retry_and_exits_1(
         code, summary, sleeps = run(sink, OBJS, capsys)
 
     assert code == 1
-    assert summary["listed"] == 4 and summary["sent"] == 3 and summary["failed"] == 1
+    assert sum(summary["repaired"].values()) == 3 and summary["undelivered"] == 1
     assert sleeps == []  # 500 is not retried
     assert len(sink.by_object()[("ns2", "a")]) == 1
     failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -211,7 +280,7 @@ def test_retryable_status_exhausts_retries(
     sink.script[("ns1", "a")] = [status]
     code, summary, sleeps = run(sink, OBJS[:2], capsys)
     assert code == 1
-    assert (summary["sent"], summary["failed"]) == (1, 1)
+    assert (sum(summary["repaired"].values()), summary["undelivered"]) == (1, 1)
     assert sleeps == [0.5, 1.0, 2.0]
     assert len(sink.by_object()[("ns1", "a")]) == 4  # 1 attempt + 3 retries
 
@@ -219,10 +288,20 @@ def test_retryable_status_exhausts_retries(
 def test_other_4xx_is_not_retried(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
     sink.script[("ns1", "a")] = [400]
     code, summary, sleeps = run(sink, OBJS[:1], capsys)
-    assert (code, summary["failed"], sleeps) == (1, 1, [])
+    assert (code, summary["undelivered"], sleeps) == (1, 1, [])
 
 
-def test_transport_error_is_retried_then_fails(
+def test_objects_left_failing_are_a_run_done(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20, point 4: a reconcile that records a failure (Quay down, credentials refused)
+    is counted by reason and the run exits 0."""
+    sink.outcome[("ns1", "a")] = ("retrying", "QuayUnavailable")
+    sink.outcome[("ns1", "b")] = ("failed", "QuayAuthenticationFailed")
+    code, summary, _ = run(sink, OBJS, capsys)
+    assert code == 0
+    assert summary["failing"] == {"QuayUnavailable": 1, "QuayAuthenticationFailed": 1}
+
+
+def test_an_unreachable_function_exits_2(
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     # A port nothing listens on: connection refused on every attempt.
@@ -232,34 +311,47 @@ def test_transport_error_is_retried_then_fails(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     sleeps = Sleeps()
-    code = resync.main(
-        ["--sink", f"http://127.0.0.1:{port}/", "--timeout", "2"],
-        lister=lambda: OBJS[:1],
-        sleep=sleeps,
-    )
-    summary = json.loads(capsys.readouterr().out)
-    assert code == 1 and summary == {**summary, "listed": 1, "sent": 0, "failed": 1}
+    code = resync.main(["--sink", f"http://127.0.0.1:{port}/", "--timeout", "2"], sleep=sleeps)
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert code == 2 and summary["planned"] is False and summary["seen"] == 0
     assert sleeps == [0.5, 1.0, 2.0]
     assert any("ConnectError" in r.getMessage() for r in caplog.records)
+    assert "NOT PLANNED" in "\n".join(out)
 
 
-def test_listing_failure_exits_2(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
-    def broken() -> list[dict[str, Any]]:
-        raise RuntimeError("410 Gone: the continue token expired")
-
-    code, summary, _ = run(sink, broken, capsys)
+def test_a_page_the_function_cannot_plan_exits_2(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
+    """The API server unreachable from the function: its plan answers 503, retried, then the run
+    reports it could not do its job; the objects of the pages planned before are still sent."""
+    sink.plan_script = [200, 503]
+    code, summary, sleeps = run(sink, OBJS, capsys, "--page-size", "2")
     assert code == 2
-    assert (summary["listed"], summary["sent"], summary["failed"]) == (0, 0, 0)
-    assert sink.received == []
+    assert summary["planned"] is False and summary["pages"] == 1
+    assert sleeps == [0.5, 1.0, 2.0]
+    assert set(sink.by_object()) == {("ns1", "a"), ("ns1", "b")}
+
+
+def test_a_broker_as_planner_is_named_in_the_error(
+    sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Broker ingress answers 202 with no body: the command says to point --planner at the
+    Service."""
+    sink.plan_script = [202]
+    sleeps = Sleeps()
+    sink.objects = OBJS
+    code = resync.main(["--sink", sink.url], sleep=sleeps)
+    out = capsys.readouterr().out
+    assert code == 2 and sink.received == []
+    assert "must be the reconciler Service itself, not a Broker" in out
 
 
 def test_nothing_to_do(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
     code, summary, _ = run(sink, [], capsys)
-    assert code == 0 and summary["listed"] == 0 and sink.received == []
+    assert code == 0 and summary["seen"] == 0 and summary["pages"] == 1 and sink.received == []
 
 
 def test_concurrency_is_bounded(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
-    """With --concurrency 2 the sink never sees more than 2 requests at once."""
+    """With --concurrency 2 the sink never sees more than 2 resync events at once."""
     in_flight = 0
     peak = 0
     gate = threading.Lock()
@@ -277,20 +369,25 @@ def test_concurrency_is_bounded(sink: Sink, capsys: pytest.CaptureFixture[str]) 
         return original(key)
 
     sink.answer = slow_answer  # type: ignore[method-assign]
-    objs = [token("ns", f"t{i}") for i in range(12)]
+    objs = [Obj("ns", f"t{i}") for i in range(12)]
     code, summary, _ = run(sink, objs, capsys, "--concurrency", "2")
-    assert code == 0 and summary["sent"] == 12
+    assert code == 0 and summary["repaired"] == {"secret-missing": 12}
     assert 1 <= peak <= 2
 
 
 def test_env_configuration(
     sink: Sink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RESYNC_SINK", sink.url)
+    monkeypatch.setenv("RESYNC_SINK", "http://127.0.0.1:9/never-used")
+    monkeypatch.setenv("RESYNC_PLANNER", sink.url)
+    monkeypatch.setenv("RESYNC_NAMESPACE", "ns1")
+    monkeypatch.setenv("RESYNC_PAGE_SIZE", "7")
     monkeypatch.setenv("RESYNC_CONCURRENCY", "1")
     monkeypatch.setenv("RESYNC_TIMEOUT", "5")
-    code = resync.main([], lister=lambda: OBJS[:2], sleep=Sleeps())
-    assert code == 0 and json.loads(capsys.readouterr().out)["sent"] == 2
+    sink.objects = [Obj("ns1", "a", "")]
+    code = resync.main([], sleep=Sleeps())
+    assert code == 0 and json.loads(capsys.readouterr().out.splitlines()[-1])["upToDate"] == 1
+    assert [(p["namespace"], p["limit"]) for p in sink.plans] == [("ns1", 7)]
 
 
 @pytest.mark.parametrize(
@@ -298,25 +395,50 @@ def test_env_configuration(
     [
         [],
         ["--sink", "ftp://x"],
+        ["--sink", "http://x", "--planner", "ftp://y"],
         ["--sink", "http://x", "--concurrency", "0"],
+        ["--sink", "http://x", "--page-size", "1001"],
         ["--sink", "http://x", "--timeout", "abc"],
     ],
 )
 def test_bad_configuration_exits_2(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RESYNC_SINK", raising=False)
+    for name in ("RESYNC_SINK", "RESYNC_PLANNER"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit) as exc:
-        resync.main(argv, lister=lambda: [])
+        resync.main(argv)
     assert exc.value.code == 2
 
 
 def test_the_function_accepts_what_resync_sends(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
-    """The reconciler's own event parser maps each resync event to its object, with a Quay check."""
-    from function.events import parse_event
+    """The reconciler's own parsers map each plan request to its page and each resync event to
+    its object, with a Quay check."""
+    from function.events import parse_event, parse_plan
 
-    run(sink, OBJS, capsys)
+    run(sink, OBJS, capsys, "--namespace", "ns1", "--page-size", "2")
     targets = set()
     for ev in sink.events():
         target = parse_event(ev.get_attributes(), ev.data)
-        assert target is not None and target.verify_quay
+        assert target is not None and target.verify_quay and target.wave
         targets.add((target.namespace, target.name))
-    assert targets == {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in OBJS}
+    assert targets == {(o.namespace, o.name) for o in OBJS}
+    headers, body = resync.plan_event("ns1", "abc", 2, "w-1")
+    page = parse_plan({k.removeprefix("ce-"): v for k, v in headers.items()}, json.loads(body), 500)
+    assert (page.namespace, page.cont, page.limit, page.wave) == ("ns1", "abc", 2, "w-1")
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_sent_again_at_once() -> None:
+    """gunicorn closes idle connections after 2 s, the last backoff step: the request then meets
+    a closed connection ("Server disconnected"), and is sent again on a new one, no attempt lost."""
+    import httpx
+
+    calls: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(204, headers={OUTCOME_HEADER: "ready"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        result = resync.deliver(client, "http://sink/", resync.ObjectRef("ns", "a"), Sleeps())
+    assert result.ok and result.attempts == 1 and result.outcome == "ready" and len(calls) == 2

@@ -1,0 +1,244 @@
+"""The bulk resync's decision, as tables of cases (milliseconds, no I/O): ``inventory.verdict``
+on an ``Observed`` built as the resync builds it, ``lastaccess.to_record``, and the plan request's
+parsing. The same cases on the real control plane: tests/test_bulk_resync.py."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from typing import Any
+
+import pytest
+
+from function import claims, decide, lastaccess, protection, pullsecret, result
+from function.cache import ValueCache
+from function.connection import parse_connection
+from function.errors import BadEvent, PermanentError
+from function.events import PLAN_TYPE, parse_plan
+from function.inventory import Verdict, verdict
+from function.model import FINALIZER, DockerToken, Ref, Status, Token
+from function.protection import CONNECTION_ANNOTATION, CONNECTION_LABEL, IN_USE_FINALIZER, key
+from function.steps import Obtained, ObtainToken, Verify
+
+NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
+HOST = "quay.example.com"
+CONN = parse_connection({"host": f"https://{HOST}", "token": "t"}, secret_name="quay")
+UUID = "11111111-2222-3333-4444-555555555555"
+CREATED = "Mon, 07 Dec 2026 10:00:00 -0000"
+TOKEN = Token(UUID, "mytoken", CREATED, "", "", "the-code")
+# the connection Secret as observed: carrying our in-use finalizer (protection.py)
+CONN_SECRET = {"metadata": {"namespace": "ns", "name": "quay", "finalizers": [IN_USE_FINALIZER]}}
+
+
+def _obj(**status: Any) -> dict[str, Any]:
+    dt_meta = {"namespace": "ns", "name": "dt", "uid": "uid-1", "generation": 1,
+               "resourceVersion": "5", "finalizers": [FINALIZER],
+               "labels": {claims.claim_label(HOST, "mytoken"): "true",
+                          CONNECTION_LABEL: key(Ref("ns", "quay"))},
+               "annotations": {CONNECTION_ANNOTATION: "ns/quay"}}
+    return {"metadata": dt_meta,
+            "spec": {"name": "mytoken", "connSecretRef": {"name": "quay"},
+                     "retSecretRef": {"name": "pull"}},
+            "status": status}
+
+
+def _observed(obj: dict[str, Any], secret: dict[str, Any] | None, *, verify: bool = True,
+              conn_secret: dict[str, Any] | None = CONN_SECRET) -> decide.Observed:
+    dt = DockerToken.from_object(obj)
+    return decide.Observed(dt=dt, now=NOW, verify=verify, wave="w", conn=CONN, conn_error=None,
+                           conn_version="1", ret_secret=secret, old_ret_secret=None,
+                           conn_secret=conn_secret, registered=protection.registered(obj))
+
+
+def _ready_status() -> dict[str, Any]:
+    """The status a successful pass leaves (computed by the same functions apply.py uses)."""
+    obj = _obj(uuid=UUID, tokenName="mytoken", existInQuay=True,
+               retSecret={"namespace": "ns", "name": "pull"})
+    ob = _observed(obj, _secret(obj))
+    (obtain,) = [s for s in decide.plan(ob).steps if isinstance(s, ObtainToken)]
+    assert isinstance(obtain.first, Verify)
+    got = decide.verified(ob, obtain.first, TOKEN)
+    assert isinstance(got, Obtained)
+    return decide.settle(ob, obtain.ensure, got).status.merge_patch(Status())
+
+
+def _secret(obj: dict[str, Any], token: Token = TOKEN) -> dict[str, Any]:
+    dt = DockerToken.from_object(obj)
+    secret = pullsecret.build(dt, Ref("ns", "pull"), token, [HOST])
+    secret["metadata"]["resourceVersion"] = "7"
+    return secret
+
+
+def _verdict(obj: dict[str, Any], secret: dict[str, Any] | None, *,
+             listed: dict[str, Token] | None = None, verify: bool = True,
+             conn_secret: dict[str, Any] | None = CONN_SECRET) -> Verdict:
+    ob = _observed(obj, secret, verify=verify, conn_secret=conn_secret)
+    return verdict(ob, decide.plan(ob), {UUID: TOKEN} if listed is None else listed)
+
+
+def test_an_object_in_order_needs_nothing() -> None:
+    obj = _obj(**_ready_status())
+    assert _verdict(obj, _secret(obj)) == Verdict()
+
+
+def _edit(secret: dict[str, Any], key: str, value: str) -> dict[str, Any]:
+    data = dict(secret["data"])
+    data[key] = base64.b64encode(value.encode()).decode()
+    return {**secret, "data": data}
+
+
+CASES = [
+    # (what changed, change to the object, change to the Secret, Quay's list, expected drift)
+    ("no token yet", lambda o: o.update(status={}), None, None, "token-missing"),
+    ("token revoked in Quay", None, None, {}, "token-gone"),
+    ("token expired in Quay", None, None,
+     {UUID: Token(UUID, "mytoken", CREATED, "Mon, 07 Dec 2026 11:00:00 -0000")}, "token-gone"),
+    ("expiration recorded has passed",
+     lambda o: o["status"].update(expiration="Mon, 07 Dec 2026 11:00:00 -0000"), None, None,
+     "token-expired"),
+    ("renewal due", lambda o: o["status"].update(renewalTime="2026-12-07T11:00:00Z"), None, None,
+     "renewal-due"),
+    ("renew requested (kubectl dockertoken renew)",
+     lambda o: o["metadata"]["annotations"].update({"quay.herve4m.github.io/renew-request": "r1"}),
+     None, None, "renew-requested"),
+    ("renew request already acted on",
+     lambda o: (o["metadata"]["annotations"].update({"quay.herve4m.github.io/renew-request": "r1"}),
+                o["status"].update(renewRequest="r1")), None, None, ""),
+    ("spec.name changed", lambda o: (o["spec"].update(name="other"),
+                                     o["metadata"]["labels"].update({claims.claim_label(HOST, "other"): "true"})),
+     None, None, "spec-changed"),
+    ("generation moved (another spec field)",
+     lambda o: o["metadata"].update(generation=2), None, None, "status"),
+    ("Secret deleted", None, "delete", None, "secret-missing"),
+    ("code edited", None, lambda s: _edit(s, "tokenCode", "x"), None, "secret-edited"),
+    ("username edited", None, lambda s: _edit(s, "username", "x"), None, "secret-edited"),
+    ("our finalizer removed", lambda o: o["metadata"].update(finalizers=[]), None, None, "metadata"),
+    ("claim label removed", lambda o: o["metadata"]["labels"].pop(claims.claim_label(HOST, "mytoken")),
+     None, None, "metadata"),
+    ("registration as the connection's user removed",
+     lambda o: (o["metadata"]["labels"].pop(CONNECTION_LABEL), o["metadata"].pop("annotations")),
+     None, None, "protection"),
+    ("Secret moved", lambda o: o["spec"].update(retSecretRef={"name": "pull2"}), "moved", None,
+     "secret-moved"),
+    ("deleted", lambda o: o["metadata"].update(deletionTimestamp="2026-12-07T11:00:00Z"), None,
+     None, "deletion"),
+    ("pending revocation due",
+     lambda o: o["status"].update(pendingRevocation=["old"], revokeAfter="2026-12-07T11:00:00Z"),
+     None, None, "revocation-due"),
+    ("Quay list failed", None, None, "failed", "token-unverified"),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "secret_change", "listed", "drift"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_each_kind_of_drift_is_named(what: str, change: Any, secret_change: Any, listed: Any,
+                                     drift: str) -> None:
+    obj = _obj(**_ready_status())
+    secret: dict[str, Any] | None = _secret(obj)
+    if change is not None:
+        change(obj)
+    if secret_change == "moved":  # nothing at the new place yet; ours at the old one
+        ob = decide.Observed(**{**_observed(obj, None).__dict__, "old_ret_secret": secret})
+        assert verdict(ob, decide.plan(ob), {UUID: TOKEN}) == Verdict(drift)
+        return
+    if secret_change == "delete":
+        secret = None
+    elif secret_change is not None:
+        secret = secret_change(secret)
+    if listed == "failed":
+        ob = _observed(obj, secret)
+        assert verdict(ob, decide.plan(ob), None) == Verdict(drift)
+        return
+    assert _verdict(obj, secret, listed=listed) == Verdict(drift), what
+
+
+def test_the_in_use_finalizer_missing_from_the_connection_secret_is_drift() -> None:
+    """issue 20: the bulk resync puts the protection back as the per-object pass would."""
+    obj = _obj(**_ready_status())
+    bare = {"metadata": {"namespace": "ns", "name": "quay"}}
+    assert _verdict(obj, _secret(obj), conn_secret=bare) == Verdict("protection")
+
+
+def test_a_failure_waiting_for_its_retry_is_failing_and_a_due_one_is_drift() -> None:
+    obj = _obj(**_ready_status())
+    dt = DockerToken.from_object(obj)
+    error = PermanentError("connSecretRef: quay: secret not found").with_reason("ConnectionSecretNotFound")
+    ob = decide.Observed(dt=dt, now=NOW, verify=True, wave="w", conn=None, conn_error=error,
+                         conn_version="", ret_secret=_secret(obj), old_ret_secret=None,
+                         registered=Ref("ns", "quay"))
+    assert verdict(ob, decide.plan(ob), None) == Verdict("new-failure")
+    failure = result.failure_of(error)
+    assert failure is not None
+    failed = decide.failed(ob, dt.status, failure, inputs=decide.inputs_digest(ob)).status
+    obj = _obj(**failed.merge_patch(Status()))
+    ob = decide.Observed(**{**ob.__dict__, "dt": DockerToken.from_object(obj)})
+    assert verdict(ob, decide.plan(ob), None) == Verdict(failing="ConnectionSecretNotFound")
+    later = decide.Observed(**{**ob.__dict__, "now": NOW + datetime.timedelta(minutes=10)})
+    assert verdict(later, decide.plan(later), None) == Verdict("retry-due")
+
+
+def test_last_accessed_in_quay_is_written_once_a_day_at_most() -> None:
+    obj = _obj(**_ready_status())
+    secret = _secret(obj)
+    soon = Token(UUID, "mytoken", CREATED, "", "Mon, 07 Dec 2026 10:00:03 -0000")
+    assert _verdict(obj, secret, listed={UUID: soon}) == Verdict()  # our own registry check
+    day = Token(UUID, "mytoken", CREATED, "", "Tue, 08 Dec 2026 10:00:00 -0000")
+    assert _verdict(obj, secret, listed={UUID: day}) == Verdict("last-accessed")
+
+
+@pytest.mark.parametrize(("held", "listed", "want"), [
+    ("", "", ""),
+    ("", "Mon, 07 Dec 2026 10:00:05 -0000", ""),                 # the self-check after creation
+    ("", "Tue, 08 Dec 2026 10:00:00 -0000", "Tue, 08 Dec 2026 10:00:00 -0000"),
+    ("Tue, 08 Dec 2026 10:00:00 -0000", "Tue, 08 Dec 2026 22:00:00 -0000",
+     "Tue, 08 Dec 2026 10:00:00 -0000"),                          # 12 h later: not yet
+    ("Tue, 08 Dec 2026 10:00:00 -0000", "Wed, 09 Dec 2026 10:00:00 -0000",
+     "Wed, 09 Dec 2026 10:00:00 -0000"),
+    ("garbage", "Wed, 09 Dec 2026 10:00:00 -0000", "garbage"),   # falls back to the creation
+])
+def test_last_accessed_rule(held: str, listed: str, want: str) -> None:
+    got = lastaccess.to_record(held, listed, CREATED, datetime.timedelta(hours=24))
+    assert got == (want if held != "garbage" else listed)
+
+
+def test_last_accessed_interval_from_the_environment() -> None:
+    assert lastaccess.interval_from_env("") == datetime.timedelta(hours=24)
+    assert lastaccess.interval_from_env("30m") == datetime.timedelta(minutes=30)
+    with pytest.raises(Exception, match="LAST_ACCESSED_REFRESH"):
+        lastaccess.interval_from_env("1d")
+
+
+def test_the_challenge_is_fetched_once_per_key_and_ttl() -> None:
+    now = [0.0]
+    fetched: list[str] = []
+    cache: ValueCache[str] = ValueCache(10, clock=lambda: now[0])
+
+    def fetch(key: str) -> str:
+        fetched.append(key)
+        return key.upper()
+
+    got = [cache.get(k, lambda: fetch(k)) for k in ("a", "a", "b", "a")]  # noqa: B023 (called at once)
+    assert got == ["A", "A", "B", "A"]
+    now[0] = 11
+    assert cache.get("a", lambda: fetch("a")) == "A"
+    assert fetched == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    ([], "data must be a JSON object"),
+    ({"namespace": "Not_A_Namespace"}, "data.namespace"),
+    ({"continue": 5}, "data.continue"),
+    ({"continue": "x" * 5000}, "data.continue"),
+    ({"limit": 0}, "data.limit"),
+    ({"limit": 1001}, "data.limit"),
+    ({"limit": True}, "data.limit"),
+])
+def test_a_hostile_plan_request_is_refused_naming_the_field(data: Any, error: str) -> None:
+    with pytest.raises(BadEvent, match=error):
+        parse_plan({"type": PLAN_TYPE}, data, 500)
+
+
+def test_plan_request_defaults() -> None:
+    page = parse_plan({"type": PLAN_TYPE, "resyncwave": "w-1"}, None, 500)
+    assert (page.namespace, page.cont, page.limit, page.wave) == ("", "", 500, "w-1")
+    assert parse_plan({"resyncwave": "bad wave!"}, {}, 500).wave == ""
