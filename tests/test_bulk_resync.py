@@ -11,15 +11,19 @@ job (issue 20, point 4).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests import harness
+from function.model import RENEW_REQUEST
+from function.protection import IN_USE_FINALIZER
+from tests import harness, senders
 from tests.checks import ApiRequests
 from tests.env import USER, Env, G, P, V, wait_for
 
@@ -28,10 +32,14 @@ WRITES = ("create", "update", "patch", "delete")
 
 
 def resync(env: Env, *extra: str, url: str | None = None) -> tuple[int, str, dict[str, Any]]:
-    """Run the resync command over the test's namespace: (exit status, summary text, JSON line)."""
+    """Run the resync command over the test's namespace, as the CronJob does (presenting a token
+    of its ServiceAccount for the function's audience): (exit status, summary text, JSON line)."""
+    token_file = Path(tempfile.mkdtemp(prefix="qdt-resync-token-")) / "token"
+    token_file.write_text(senders.mint(env.cp, senders.RESYNC_SA, seconds=600))
     proc = subprocess.run(
         [sys.executable, "-m", "function.resync", "--sink", url or env.fn.url, "--namespace", env.ns,
          *extra],
+        env={**os.environ, "RESYNC_TOKEN_FILE": str(token_file)},
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = proc.stdout.strip().splitlines()
     assert lines, proc.stderr
@@ -160,6 +168,30 @@ def test_every_kind_of_drift_is_found_and_repaired_and_nothing_else_is_touched(e
     assert summary["upToDate"] == 10 and summary["repaired"] == {}, text
     assert summary["failing"] == {"ConnectionSecretNotFound": 1}  # backing off: not sent
     assert writes(requests) == 0 and reconciles(requests) == 0
+
+
+def test_a_renew_request_and_a_lost_in_use_finalizer_are_repaired_by_the_resync(env: Env) -> None:
+    """What issues 20 and 23 write is drift too: ``kubectl dockertoken renew`` (its annotation,
+    when no event reaches the function) and the connection Secret's in-use finalizer taken off."""
+    env.conn_secret()
+    old = ready(env, "renew")
+    ready(env, "other")
+    env.custom.patch_namespaced_custom_object(G, V, env.ns, P, "renew", {"metadata": {"annotations": {
+        RENEW_REQUEST: "r1"}}})
+    code, text, summary = resync(env)
+    assert code == 0 and summary["repaired"] == {"renew-requested": 1} and summary["upToDate"] == 1, text
+    renewed = env.get("renew") or {}
+    assert renewed["status"]["renewRequest"] == "r1"
+    assert renewed["status"]["uuid"] != old["status"]["uuid"]
+    assert env.secret_data("renew-pull")["uuid"] == renewed["status"]["uuid"]
+
+    env.core.patch_namespaced_secret("quay-credentials", env.ns, {"metadata": {"finalizers": None}})
+    code, text, summary = resync(env)
+    assert code == 0 and summary["repaired"] == {"protection": 2}, text
+    conn = env.secret("quay-credentials") or {}
+    assert conn["metadata"]["finalizers"] == [IN_USE_FINALIZER]
+    code, text, summary = resync(env)
+    assert code == 0 and "protection" not in summary["repaired"], text
 
 
 def test_a_deleted_object_is_finalized_by_the_resync(env: Env) -> None:

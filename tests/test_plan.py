@@ -6,6 +6,7 @@ prove that it does."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 from typing import Any
@@ -258,11 +259,15 @@ def test_deletion_with_a_token_revokes_uuid_and_pending_then_detaches() -> None:
 # -- continuations: one row per answer ----------------------------------------------------------
 VERIFY = steps.Verify("u1", TOKEN, "w", Status(uuid="u1"))
 LISTED = Token("u1", "mytoken", CREATED, LATER, "Thu, 26 Nov 2026 11:59:00 -0000")
+USED = Token("u1", "mytoken", CREATED, LATER, "Fri, 27 Nov 2026 10:00:00 -0000")
 
 
 @pytest.mark.parametrize(("listed", "expected"), [
-    pytest.param(LISTED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, LISTED.last_accessed, "CODE1"),
+    # lastAccessed 3 h after the creation: not worth a Secret write (lastaccess.py)
+    pytest.param(LISTED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, "", "CODE1"),
                                          "kept", "", VERIFY.status), id="listed-keeps-with-quays-dates"),
+    pytest.param(USED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, USED.last_accessed, "CODE1"),
+                                       "kept", "", VERIFY.status), id="last-accessed-a-day-on-is-kept"),
     pytest.param(None, steps.Fetch("u1", VERIFY.status), id="missing-is-confirmed-with-a-get"),
     pytest.param(Token("u1", "mytoken", CREATED, EARLIER), steps.Fetch("u1", VERIFY.status),
                  id="expired-in-the-list-is-confirmed"),
@@ -315,6 +320,15 @@ def test_registry_answers() -> None:
     failed = decide.unchecked(ob, other, QuayTransient("GET /v2/auth: 503"))
     assert _verified(failed) == {"status": "Unknown", "reason": "CheckFailed"}
     assert isinstance(failed, steps.Obtained) and failed.status.registry == "registry.example"
+
+
+def test_registry_check_turned_off_costs_no_login_but_learns_the_registry() -> None:
+    """REGISTRY_CHECK=false: no /v2/auth (one bcrypt in Quay per new token); the challenge's
+    registry name still reaches status and the pull Secret."""
+    ob = dataclasses.replace(observed(), registry_check=False)
+    done = decide.challenged(ob, CHECK, _Challenge("https://quay.example/v2/auth", "registry.example"))
+    assert _verified(done) == {"status": "Unknown", "reason": "CheckDisabled"}
+    assert isinstance(done, steps.Obtained) and done.status.registry == "registry.example"
 
 
 NEW = Token("u2", "mytoken", CREATED, code="CODE2")

@@ -25,6 +25,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from function import resync
 from tests import harness, senders
 from tests.controlplane import ROOT, SA_NAMESPACE, ControlPlane
 from tests.env import Env, G, P, V, wait_for
@@ -221,6 +222,13 @@ def _post(env: Env, token: str | None) -> httpx.Response:
     return harness.post(env.fn.url, (headers, body))
 
 
+def _plan(env: Env, token: str | None) -> httpx.Response:
+    """A resync plan request (the page of the test's namespace)."""
+    headers, body = resync.plan_event(env.ns, "", 10, "w-1")
+    headers = {**headers, "Authorization": f"Bearer {token}" if token is not None else ""}
+    return harness.post(env.fn.url, (headers, body))
+
+
 def test_an_unauthenticated_post_costs_nothing(env: Env) -> None:
     env.conn_secret()
     env.dockertoken()
@@ -231,6 +239,10 @@ def test_an_unauthenticated_post_costs_nothing(env: Env) -> None:
         "another audience": _post(env, senders.mint(env.cp, senders.SOURCE_OIDC_SA, audience="elsewhere")),
         "the API server's own audience": _post(
             env, senders.mint(env.cp, senders.SOURCE_OIDC_SA, audience="https://kubernetes.default.svc")),
+        # a plan request would list a page of DockerTokens and their Quay tokens: the same check
+        "plan request, no token": _plan(env, None),
+        "plan request, another audience": _plan(
+            env, senders.mint(env.cp, senders.RESYNC_SA, audience="elsewhere")),
     }
     for what, answer in answers.items():
         assert answer.status_code == 401, (what, answer.text)
@@ -260,24 +272,32 @@ def test_the_resync_command_needs_its_own_token(env: Env) -> None:
     env.conn_secret()
     env.dockertoken()
 
-    def resync(token: str | None) -> tuple[int, dict[str, Any]]:
-        extra = {}
-        if token is not None:
-            path = Path(tempfile.mkdtemp(prefix="qdt-token-")) / "token"
-            path.write_text(token)
-            extra["RESYNC_TOKEN_FILE"] = str(path)
+    def token_file(token: str) -> str:
+        path = Path(tempfile.mkdtemp(prefix="qdt-token-")) / "token"
+        path.write_text(token)
+        return str(path)
+
+    def run(**files: str) -> tuple[int, dict[str, Any]]:
         proc = subprocess.run(
             [sys.executable, "-m", "function.resync", "--sink", env.fn.url, "--namespace", env.ns],
-            env={**{k: v for k, v in os.environ.items() if k != "RESYNC_TOKEN_FILE"},
-                 "KUBECONFIG": str(env.cp.kubeconfigs["dockertoken-resync"]), **extra},
+            env={**{k: v for k, v in os.environ.items() if not k.endswith("TOKEN_FILE")},
+                 "KUBECONFIG": str(env.cp.kubeconfigs["dockertoken-resync"]), **files},
             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
         return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
 
-    code, summary = resync(None)
-    assert (code, summary["sent"], summary["failed"]) == (1, 0, 1)
+    # no token: the first plan request is refused (401 is not retried), nothing is read or sent
+    code, summary = run()
+    assert (code, summary["planned"], summary["seen"]) == (2, False, 0)
     assert env.quay_calls() == 0 and env.secret() is None
-    code, summary = resync(senders.mint(env.cp, senders.RESYNC_SA, seconds=600))
-    assert (code, summary["sent"], summary["failed"]) == (0, 1, 0)
+    good = token_file(senders.mint(env.cp, senders.RESYNC_SA, seconds=600))
+    bad = token_file(senders.mint(env.cp, senders.RESYNC_SA, seconds=600, audience="elsewhere"))
+    # the plans' own token (the Broker variant's RESYNC_PLANNER_TOKEN_FILE), the events' refused
+    code, summary = run(RESYNC_TOKEN_FILE=bad, RESYNC_PLANNER_TOKEN_FILE=good)
+    assert (code, summary["planned"], summary["seen"], summary["undelivered"]) == (1, True, 1, 1)
+    assert env.secret() is None
+    code, summary = run(RESYNC_TOKEN_FILE=good)
+    assert (code, summary["planned"], summary["seen"], summary["undelivered"]) == (0, True, 1, 0)
+    assert sum(summary["repaired"].values()) == 1
     assert env.ready()["status"] == "True"
 
 
