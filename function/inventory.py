@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from function import conditions, decide, pullsecret
+from function import conditions, decide, pullsecret, result
 from function.apply import QuayFactory, quay_client
 from function.cache import TokenListCache
 from function.connection import Connection, parse_connection
@@ -46,6 +46,7 @@ from function.errors import PermanentError, QuayError
 from function.kube import Kube
 from function.model import OWNER_UID_LABEL, DockerToken, Token
 from function.observe import observe
+from function.result import Handling
 from function.steps import (
     Acquire,
     CreateSecret,
@@ -354,8 +355,16 @@ class Inventory:
                              resync_period=self.resync_period, rotation_grace=self.rotation_grace,
                              registry_check=self.registry_check)
                 planned.append((obj, ob, decide.plan(ob)))
-            # anything this object trips on: its own reconcile reports it
+            # a refused read (a 403): planned as a reconcile plans it, so an object already
+            # recording that failure waits for its retry time instead of being sent again
             except Exception as exc:
+                if result.classify(exc) is Handling.RECORD:
+                    try:
+                        planned.append((obj, *decide.unobserved(DockerToken.from_object(obj), exc, now)))
+                        continue
+                    except Exception:
+                        logger.debug("resync plan of %s: no view", _name(obj), exc_info=True)
+                # anything else this object trips on: its own reconcile reports it
                 self._drifted(report, obj, "unplanned")
                 logger.warning("resync plan of %s: %s", _name(obj), type(exc).__name__, exc_info=True)
         for _, ob, plan in planned:
@@ -394,7 +403,12 @@ class Inventory:
                 refs.add((str(meta.get("namespace")), ref["name"]))
         conns = []
         for namespace, name in sorted(refs):
-            secret = run.secret(namespace, name)
+            try:
+                secret = run.secret(namespace, name)
+            # refused (e.g. 403 where the Secret rights were narrowed to some namespaces): the
+            # objects using it are told so by their own observation, never the whole page
+            except PermanentError:
+                continue
             if secret is None:
                 continue
             try:

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from function import claims, decide, lastaccess, protection, pullsecret, result
-from function.cache import ValueCache
+from function import claims, conditions, decide, lastaccess, protection, pullsecret, result
+from function.cache import TokenListCache, ValueCache
 from function.connection import parse_connection
 from function.errors import BadEvent, PermanentError
 from function.events import PLAN_TYPE, parse_plan
-from function.inventory import Verdict, verdict
+from function.inventory import Inventory, Verdict, verdict
 from function.model import FINALIZER, DockerToken, Ref, Status, Token
 from function.protection import CONNECTION_ANNOTATION, CONNECTION_LABEL, IN_USE_FINALIZER, key
 from function.steps import Obtained, ObtainToken, Verify
@@ -242,3 +242,43 @@ def test_plan_request_defaults() -> None:
     page = parse_plan({"type": PLAN_TYPE, "resyncwave": "w-1"}, None, 500)
     assert (page.namespace, page.cont, page.limit, page.wave) == ("", "", 500, "w-1")
     assert parse_plan({"resyncwave": "bad wave!"}, {}, 500).wave == ""
+
+
+class _RefusingKube:
+    """The page's lists answer; reading the connection Secret is refused (403), as where the
+    Secret rights were narrowed to some namespaces (docs/deploy.md)."""
+
+    def __init__(self, objs: list[dict[str, Any]]) -> None:
+        self.objs = objs
+
+    def session(self) -> _RefusingKube:
+        return self
+
+    def list_dockertokens_page(self, namespace: str | None, cont: str, limit: int
+                               ) -> tuple[list[dict[str, Any]], str]:
+        return self.objs, ""
+
+    def iter_secrets(self, selector: str, page_size: int) -> list[dict[str, Any]]:
+        return []
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        raise PermanentError(f"GET secrets {namespace}/{name}: 403 forbidden")
+
+
+def test_a_connection_secret_it_may_not_read_fails_its_objects_not_the_page() -> None:
+    objs = [_obj(**_ready_status()), {**_obj(), "metadata": {**_obj()["metadata"], "name": "dt2"}}]
+    inventory = Inventory(_RefusingKube(objs), TokenListCache(), clock=lambda: NOW)  # type: ignore[arg-type]
+    report = inventory.plan_page(namespace="ns", wave="w-1")
+    assert report.seen == 2 and report.up_to_date == 0 and report.quay_calls == 0
+    # each object goes to a reconcile of its own, which records SecretUnreadable
+    assert [d["name"] for d in report.drifted] == ["dt", "dt2"]
+    assert {d["drift"] for d in report.drifted} == {"new-failure"}
+    # once that failure is recorded (as the reconcile records it), the object waits for its
+    # retry time: counted as failing, not sent again
+    error = PermanentError("403").with_reason(conditions.SECRET_UNREADABLE)
+    _, failed = decide.unobserved(DockerToken.from_object(objs[0]), error, NOW)
+    assert failed.status is not None
+    objs[0] = _obj(**failed.status.merge_patch(Status()))
+    report = Inventory(_RefusingKube(objs[:1]), TokenListCache(),  # type: ignore[arg-type]
+                       clock=lambda: NOW).plan_page(namespace="ns", wave="w-2")
+    assert (report.drifted, report.failing) == ([], {conditions.SECRET_UNREADABLE: 1})
