@@ -3,11 +3,11 @@ requirement of every locked distribution (its markers evaluated for this interpr
 extras something asks for, such as pytest-cov's `coverage[toml]`) must itself be pinned in the lock,
 at a version the requirement accepts.
 
-    python -m scripts.lockcheck LOCK [--extra NAME] [--path SITE_PACKAGES]
+    python -m scripts.lockcheck LOCK [--extra NAME]
 
-reads the requirements from the metadata of the distributions installed in SITE_PACKAGES (default:
-this interpreter's), which must be the locked versions: run it in a virtualenv made from the lock
-(scripts/check-locks does). The roots are pyproject.toml's dependencies and the named extras.
+reads the requirements from the metadata of the distributions installed for this interpreter,
+which must be the locked versions: run it in a virtualenv made from the lock (scripts/check-locks
+does). The roots are pyproject.toml's dependencies and the named extras.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 
 def pins(lock_text: str) -> dict[str, str]:
     """A pip-compile lock's pins: canonical name -> version."""
-    found = {}
+    found: dict[str, str] = {}
     for line in lock_text.splitlines():
         m = PIN.match(line)
         if m:
@@ -54,11 +54,13 @@ def gaps(locked: Mapping[str, str], requires: Mapping[str, Iterable[str]], roots
 
     def need(req: Requirement, by: str) -> None:
         name = canonicalize_name(req.name)
+        extra_list = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        wanted = f"{req.name}{extra_list}{req.specifier}"  # without its marker, which held
         if name not in locked:
-            problems.append(f"{req} (required by {by}) is not pinned in the lock")
+            problems.append(f"{wanted} (required by {by}) is not pinned in the lock")
             return
         if not req.specifier.contains(locked[name], prereleases=True):
-            problems.append(f"{name}=={locked[name]} does not satisfy {by}'s requirement {req}")
+            problems.append(f"{name}=={locked[name]} does not satisfy {by}'s requirement {wanted}")
         for extra in sorted(req.extras - extras[name]):
             extras[name].add(extra)
             visit(name, extra)
@@ -81,9 +83,10 @@ def gaps(locked: Mapping[str, str], requires: Mapping[str, Iterable[str]], roots
     return problems
 
 
-def installed(locked: Mapping[str, str], path: list[str] | None) -> tuple[dict[str, list[str]], list[str]]:
-    """Requires-Dist of each locked distribution found in path, and what is missing or another version."""
-    dists = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions(path=path or sys.path)}
+def installed(locked: Mapping[str, str]) -> tuple[dict[str, list[str]], list[str]]:
+    """Requires-Dist of each locked distribution installed here, and what is missing or another version."""
+    dists: dict[str, metadata.Distribution] = {
+        canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
     requires, problems = {}, []
     for name, version in sorted(locked.items()):
         dist = dists.get(name)
@@ -106,11 +109,10 @@ def roots(extras: Iterable[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("lock", type=Path)
-    parser.add_argument("--extra", action="append", default=[], help="an extra of pyproject.toml the lock includes")
-    parser.add_argument("--path", action="append", help="site-packages holding the installed lock")
+    parser.add_argument("--extra", action="append", default=[], help="an extra of pyproject.toml in the lock")
     args = parser.parse_args(argv)
     locked = pins(args.lock.read_text())
-    requires, problems = installed(locked, args.path)
+    requires, problems = installed(locked)
     problems += gaps(locked, requires, roots(args.extra))
     if problems:
         print(f"{args.lock} is not complete under pip install --no-deps (run scripts/lock):", file=sys.stderr)
