@@ -65,7 +65,7 @@ _gocache_lock() {
 gocache_binary() { # name module_dir package check_args expected [ldflags]
   local name=$1 mod=$2 pkg=$3 check=$4 expected=$5 ldflags=${6:-}
   local dest="$_gocache_dir/$name" start=$SECONDS
-  [[ -e "$dest" ]] || _gocache_lock
+  if [[ ! -e "$dest" ]]; then _gocache_lock; fi
   if [[ -e "$dest" ]]; then # there already, or built by the run this one waited for
     if ! gocache_verify "$dest" "$check" "$expected"; then
       echo "the cached $name is broken: remove it (rm '$dest') and run $0 again to rebuild it" >&2
