@@ -1,5 +1,6 @@
 """scripts/setup picks its interpreter (PYTHON, else python3) and refuses one older than 3.11 before
-it touches anything, with a message naming the interpreter, its version and the fix."""
+it touches anything, with a message naming the interpreter, its version and the fix; CI knows when
+the fresh-machine check is due (scripts/fresh-machine-check --status)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,38 @@ def test_a_missing_interpreter_is_named(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("no Python interpreter 'python3.99' on PATH: install Python 3.11 or newer")
     assert not (tmp_path / ".venv").exists()
+
+
+def status(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(root / "scripts" / "fresh-machine-check"), "--status"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_ci_reruns_the_fresh_machine_check_when_a_lock_or_any_go_mod_changes(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(ROOT / "scripts" / "fresh-machine-check", tmp_path / "scripts")
+    for name in ("requirements.lock", "requirements-dev.lock"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    for gomod in ROOT.glob("tests/*/go.mod"):
+        (tmp_path / gomod.parent.relative_to(ROOT)).mkdir(parents=True)
+        shutil.copy2(gomod, tmp_path / gomod.relative_to(ROOT))
+    assert status(tmp_path).stdout.startswith("fresh-machine check: due, it has never passed")
+
+    record = subprocess.run("sha256sum requirements.lock requirements-dev.lock tests/*/go.mod", shell=True,
+                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    (tmp_path / ".ci" / "fresh-machine.sha256").write_text(record)
+    assert status(tmp_path).returncode == 0
+
+    with (tmp_path / "tests" / "adapter" / "go.mod").open("a") as f:
+        f.write("\n// changed\n")
+    result = status(tmp_path)
+    assert result.returncode == 1
+    assert "tests/adapter/go.mod" in result.stdout and "requirements.lock" not in result.stdout
+
+    shutil.copy2(ROOT / "tests" / "adapter" / "go.mod", tmp_path / "tests" / "adapter" / "go.mod")
+    (tmp_path / "tests" / "newtool").mkdir()
+    (tmp_path / "tests" / "newtool" / "go.mod").write_text("module example.com/newtool\n")
+    result = status(tmp_path)
+    assert result.returncode == 1
+    assert "  now:      " in result.stdout and "tests/newtool/go.mod" in result.stdout
