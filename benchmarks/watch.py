@@ -37,6 +37,7 @@ from function.decide import Failure
 from function.model import Retry, Status
 from tests.adapter_proc import running_adapter
 from tests.controlplane import free_port
+from tests.eventing_controller import generated_adapter_pod
 
 NAMESPACE = "bench-failing"
 WATCH_EVENT = "dev.knative.apiserver."
@@ -250,7 +251,9 @@ def measure(world: World, *, window: float, touches: list[Obj], creations: list[
             threads: int) -> WatchResults:
     fn = Function(world, threads=threads).start()
     try:
-        with running_adapter(world.cp, fn.proc_wrapper):
+        # the adapter as Knative's controller makes it from knative/base
+        pod = generated_adapter_pod(world.cp, fn.proc_wrapper.url)
+        with running_adapter(world.cp, fn.proc_wrapper, pod):
             progress(f"figure 8: {len(MODES)} failing objects through the real adapter, settle, "
                      f"then a {window:.0f} s window")
             objs = _create_failing(world)

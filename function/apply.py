@@ -28,18 +28,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from function import conditions, decide, kevents, pullsecret
+from function import conditions, decide, kevents, protection, pullsecret
 from function.cache import TokenListCache
 from function.connection import Connection
 from function.decide import Failure, Observed, Plan, TokenStep
 from function.errors import (
     ConfigError,
+    Conflict,
+    Handling,
     PermanentError,
     QuayError,
     QuayNotFound,
     QuayPermanent,
     QuayTransient,
+    ReconcileError,
     TemporaryError,
+    classify,
 )
 from function.kube import Kube
 from function.model import FINALIZER, Creation, DockerToken, Ref, Token
@@ -136,23 +140,24 @@ class Apply:
 
     def _run(self) -> Outcome:
         plan = self.plan
-        if plan.add_finalizer or plan.labels:
-            self._patch_metadata()
-        if plan.skip:
-            self._skipped(plan.skip)
-            return self.outcome
-        if plan.failure is not None:
-            self._fail(plan.failure)
-            return self.outcome
         try:
-            if plan.cleanup:
+            if plan.in_use.release is not None and not plan.cleanup:
+                self._release(plan.in_use.release)  # before the registration that names it goes
+            if plan.add_finalizer or plan.labels or plan.in_use.labels:
+                self._patch_metadata()
+            if plan.skip:
+                self._skipped(plan.skip)
+            elif plan.failure is not None:
+                self._fail(plan.failure)
+            elif plan.cleanup:
                 self._finalize()
             else:
                 self._ensure()
         # a refusal, or Quay unavailable: recorded with its retry time; the echo does nothing
-        except (PermanentError, QuayTransient) as exc:
-            failure = Failure.of(exc)
-            self._fail(decide.cleanup_blocked(exc) if plan.cleanup else failure)
+        except ReconcileError as exc:
+            if classify(exc) is not Handling.RECORD or plan.failure is not None:  # could not record
+                raise
+            self._fail(decide.cleanup_blocked(exc) if plan.cleanup else Failure.of(exc))
         return self.outcome
 
     def _record_events(self) -> None:
@@ -163,6 +168,7 @@ class Apply:
             body = kevents.build_event(dt.namespace, dt.name, dt.uid, type_, reason, note, self.now,
                                        reporting_instance=REPORTING_INSTANCE)
             try:
+                # None: not recorded, on purpose (e.g. the namespace is being deleted)
                 self.kube.create_event(body)
             # the reconcile's outcome does not depend on its Events
             except (TemporaryError, PermanentError) as exc:
@@ -183,17 +189,20 @@ class Apply:
     def _patch_metadata(self) -> None:
         """Our finalizer before anything is made in Quay, and the claim labels (one write)."""
         plan, dt = self.plan, self.dt
+        labels = {**(plan.labels or {}), **(plan.in_use.labels or {})}
         obj = self.kube.patch_metadata(
             dt.namespace, dt.name, dt.resource_version,
             finalizers=[*dt.finalizers, FINALIZER] if plan.add_finalizer else None,
-            labels=plan.labels)
+            labels=labels, annotations=plan.in_use.annotations)
         if not obj:
             raise Restart
-        self.act("add-finalizer" if plan.add_finalizer else "set-claim-labels")
+        self.act("add-finalizer" if plan.add_finalizer else "set-labels")
         self.dt = DockerToken.from_object(obj)
 
     def _ensure(self) -> None:
         plan = self.plan
+        if plan.in_use.protect is not None:
+            self._protect(plan.in_use.protect)
         token, replaced = self._token()
         if token is not None:
             self.status["expiration"] = token.expiration or None
@@ -215,6 +224,7 @@ class Apply:
         note = decide.renewal_note(self.dt, token, plan.resync_period)
         desired, reason, message = decide.ready_status(self.dt, self.status, replaced=replaced,
                                                        now=self.now, note=note)
+        self._note_deleting_connection(desired)
         self.outcome.reason, self.outcome.message = reason, message
         self._write_status(desired)
 
@@ -275,9 +285,9 @@ class Apply:
         A rotation keeps the old token (pendingRevocation) until ROTATION_GRACE has passed.
         """
         assert self.ob.conn is not None
-        # the credentials, checked before any lease is written; afresh after a failed attempt,
-        # which may have lost the answer to a POST that Quay carried out
-        known = self.tokens(fresh=self.dt.status.retry is not None)
+        # the credentials, checked before any lease is written; afresh when a token may already
+        # exist that a cached list has not seen (decide.fresh_list_needed)
+        known = self.tokens(fresh=decide.fresh_list_needed(self.dt.status, self.now))
         dt = self._take_lease()
         try:
             others = self._others_once_rivals_settled(dt)
@@ -451,13 +461,76 @@ class Apply:
             claimed = decide.claimed_uuids(self._same_title(), except_uid=dt.uid)
             doomed += decide.revocable(self.quay.list_tokens(), title=dt.title, claimed=claimed)
         self._revoke(doomed, "revoke-token")
+        if plan.in_use.forget:
+            # nothing is left in Quay: say so before the Secret can go, so that a later pass
+            # (this one failing below) finishes without it
+            written = self._write_status(protection.forgotten(self.status))
+            if written:
+                self.dt = DockerToken.from_object(written)
+        if plan.in_use.release is not None:
+            self._release(plan.in_use.release)
         self._edit_service_accounts()
         for ref in plan.delete_secrets:
             self._delete_secret(ref)
-        remaining = [f for f in dt.finalizers if f != FINALIZER]
-        self.kube.patch_metadata(dt.namespace, dt.name, dt.resource_version, finalizers=remaining)
+        remaining = [f for f in self.dt.finalizers if f != FINALIZER]
+        self.kube.patch_metadata(dt.namespace, dt.name, self.dt.resource_version, finalizers=remaining)
         self.act("remove-finalizer")
         self.outcome.result = "finalized"
+
+    # -- the connection Secret's in-use protection (protection.py) -------------------------------------
+    def _protect(self, ref: Ref) -> None:
+        """Our finalizer on the connection Secret before any token is made with it."""
+        found = self.ob.conn_secret
+        state = protection.secret_state(found)
+        if found is None or state.protected:
+            return
+        if state.deleting:  # new finalizers are refused now
+            raise PermanentError(protection.refused_message(ref)).with_reason(protection.DELETING)
+        meta = found.get("metadata") or {}
+        try:
+            written = self.kube.set_secret_finalizers(found, [*meta.get("finalizers", ()),
+                                                              protection.IN_USE_FINALIZER])
+        # changed meanwhile: most often another first user protecting it at the same moment
+        except Conflict:
+            if protection.secret_state(self.kube.get_secret(ref.namespace, ref.name)).protected:
+                return
+            raise
+        if written is None:
+            raise Restart  # gone meanwhile: observe again
+        self.act("protect-connection-secret")
+
+    def _release(self, ref: Ref) -> None:
+        """Take our finalizer off ``ref`` unless another DockerToken still needs it
+        (``protection.holds``; this object has stopped needing it before it looks)."""
+        found = self.kube.get_secret(ref.namespace, ref.name)
+        if found is None or not protection.secret_state(found).protected:
+            return
+        if protection.in_use(self.kube.iter_dockertokens(label_selector=protection.selector(ref)), ref,
+                             except_uid=self.dt.uid):
+            return
+        finalizers = list((found.get("metadata") or {}).get("finalizers") or ())
+        released = self.kube.set_secret_finalizers(
+            found, [f for f in finalizers if f != protection.IN_USE_FINALIZER])
+        self.act("release-connection-secret")
+        # a user that registered while we looked (it read the Secret still protected): protect
+        # it again, unless it is already on its way out
+        if released and not protection.secret_state(released).deleting and protection.in_use(
+                self.kube.iter_dockertokens(label_selector=protection.selector(ref)), ref,
+                except_uid=self.dt.uid):
+            self.kube.set_secret_finalizers(released, finalizers)
+            self.act("protect-connection-secret")
+
+    def _note_deleting_connection(self, desired: dict[str, Any]) -> None:
+        """The condition (and, when it appears, a Warning Event) telling the owner that the
+        connection Secret is being deleted and kept until this object lets it go."""
+        ref, state = self.dt.conn_secret, self.ob.conn_state
+        deleting = state.deleting and not self.dt.preserve_in_quay
+        before = self.dt.status.condition(protection.DELETING) is not None
+        desired["conditions"] = protection.with_condition(
+            desired.get("conditions") or [], ref if deleting else None,
+            generation=self.dt.generation, now=decide.rfc3339(self.now))
+        if deleting and not before:
+            self._event(protection.DELETING, protection.deleting_message(ref), warning=True)
 
     # -- the return Secret -------------------------------------------------------------------------
     def _write_secret(self, where: Ref, current: Mapping[str, Any] | None, token: Token) -> None:

@@ -10,9 +10,11 @@ recorded token is still there (a token missing from it is confirmed with a GET b
 is replaced) and to find an unclaimed token to adopt (a token created by another process
 since is either recorded in its DockerToken's status, so never needed from the list, or an
 orphan whose creator died at least LEASE_TTL ago, longer than TTL_SECONDS plus a Quay timeout,
-so it is in any entry young enough to be used; an object whose last attempt failed, perhaps
-after a POST whose answer was lost, lists afresh). This process keeps its entries current with
-what it creates and revokes itself.
+so it is in any entry young enough to be used; and an object for which a token may exist that
+an entry has not seen lists afresh: one of the original operator, a stale lease, a failed attempt
+(``decide.fresh_list_needed``). A token made by hand for a brand-new object is seen once the
+entry is renewed, within TTL_SECONDS). This process keeps its entries current with what it
+creates and revokes itself.
 """
 
 from __future__ import annotations

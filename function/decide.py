@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from function import conditions, kevents, pullsecret, renewal, template
+from function import conditions, kevents, protection, pullsecret, renewal, template
 from function.connection import Connection
 from function.errors import PermanentError, QuayTransient, ReconcileError
 from function.model import CLAIM_LABEL_PREFIX, FINALIZER, Creation, DockerToken, Ref, Status, Token
@@ -64,7 +64,7 @@ class Observed:
     wave: str                          # the resync run (its events share one list)
     conn: Connection | None            # None: see conn_error
     conn_error: PermanentError | None  # the connection Secret is missing, refused or invalid
-    conn_version: str                  # its resourceVersion ("" when missing): a fix moves it
+    conn_version: str                  # digest of its data ("" when missing): a fix moves it
     ret_secret: Mapping[str, Any] | None      # the Secret at spec.retSecretRef, as found
     old_ret_secret: Mapping[str, Any] | None  # the one at status.retSecret, when that moved
     consent_error: PermanentError | None = None  # a cross-namespace reference is not allowed
@@ -72,6 +72,14 @@ class Observed:
     # spec.serviceAccounts and status.serviceAccounts, as found (None: no such ServiceAccount)
     service_accounts: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
     resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # RESYNC_PERIOD
+    # in-use protection (protection.py): the connection Secret as found (None: missing or not
+    # ours to read), and the Secret this object is registered as a user of
+    conn_secret: Mapping[str, Any] | None = None
+    registered: Ref | None = None
+
+    @property
+    def conn_state(self) -> protection.SecretState:
+        return protection.secret_state(self.conn_secret)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ class Plan:
     resync_period: datetime.timedelta = datetime.timedelta(minutes=10)  # for renewal_note
     inputs: str = ""                      # digest recorded with a failure
     cleanup: bool = False                 # a deletion pass: revoke, detach, delete, drop our finalizer
+    # the connection Secret's in-use finalizer (protection.py)
+    in_use: protection.Steps = field(default_factory=protection.Steps)
 
 
 def plan(ob: Observed) -> Plan:
@@ -146,6 +156,11 @@ def plan(ob: Observed) -> Plan:
             conditions.SECRET_CONFLICT,
             f"retSecretRef: Secret {dt.ret_secret} exists and belongs to something else (no "
             "quay-dockertoken owner mark); choose another name or delete that Secret"))
+    # the Secret this object makes or holds tokens with is protected until they are revoked
+    want = None if dt.preserve_in_quay else dt.conn_secret
+    if protection.starts_using_deleted(ob.registered, want, ob.conn_state):
+        return Plan(add_finalizer=add, labels=labels, inputs=inputs, failure=Failure(
+            protection.DELETING, protection.refused_message(dt.conn_secret)))
     held = pullsecret.token_from(ob.ret_secret) if ob.ret_secret is not None else None
     if held is not None and held.uuid != dt.status.uuid:
         held = None
@@ -157,6 +172,7 @@ def plan(ob: Observed) -> Plan:
         write_secret=dt.ret_secret,
         delete_secrets=(old,) if old is not None and old != dt.ret_secret else (),
         sa_edits=edits, attached=attached, resync_period=ob.resync_period, inputs=inputs,
+        in_use=protection.for_use(ob.registered, want, ob.conn_state),
     )
 
 
@@ -166,7 +182,8 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
         return Plan(skip="gone")
     secrets = tuple(dict.fromkeys(r for r in (dt.status.ret_secret, dt.ret_secret) if r is not None))
     edits, _ = service_account_edits(dt, ob.service_accounts, keep=())
-    done = Plan(cleanup=True, delete_secrets=secrets, sa_edits=edits, inputs=inputs)
+    done = Plan(cleanup=True, delete_secrets=secrets, sa_edits=edits, inputs=inputs,
+                in_use=protection.for_deletion(ob.registered, revoking=False))
     lease = lease_state(dt.status.creation, ob.now)
     if dt.preserve_in_quay:
         return done
@@ -183,7 +200,32 @@ def _plan_deletion(ob: Observed, inputs: str) -> Plan:
     if error is not None:
         return Plan(cleanup=True, failure=cleanup_blocked(error), inputs=inputs)
     return Plan(cleanup=True, delete_secrets=secrets, revoke=revoke, revoke_by_title=by_title,
-                wait_for_lease=lease is Lease.FRESH, sa_edits=edits, inputs=inputs)
+                wait_for_lease=lease is Lease.FRESH, sa_edits=edits, inputs=inputs,
+                in_use=protection.for_deletion(ob.registered, revoking=True))
+
+
+def unobserved(dt: DockerToken, exc: ReconcileError, now: datetime.datetime) -> tuple[Observed, Plan]:
+    """A pass whose observation failed (the API server refused a read, say): the failure is
+    recorded under the convergence rule like any other, with what could fix it as its digest."""
+    ob = Observed(dt=dt, now=now, verify=False, wave="", conn=None, conn_error=None, conn_version="",
+                  ret_secret=None, old_ret_secret=None)
+    inputs = inputs_digest(ob)
+    if dt.deleting and not dt.has_finalizer:
+        return ob, Plan(skip="gone")
+    if _backing_off(dt.status, inputs, now):
+        return ob, Plan(skip="backoff", inputs=inputs, cleanup=dt.deleting)
+    failure = cleanup_blocked(exc) if dt.deleting else Failure.of(exc)
+    return ob, Plan(add_finalizer=not dt.deleting and not dt.has_finalizer, failure=failure,
+                    inputs=inputs, cleanup=dt.deleting)
+
+
+def fresh_list_needed(status: Status, now: datetime.datetime) -> bool:
+    """Whether a token may already exist in Quay for this object, unseen by a cached list: one
+    the original operator made (existInQuay, no UUID), one a holder that died may have made (a
+    stale lease), or one a failed attempt may have made (a POST whose answer was lost). A
+    brand-new object keeps the cached list: N creations on a connection cost N POSTs and 1 list."""
+    return (status.retry is not None or (status.exist_in_quay and not status.uuid)
+            or lease_state(status.creation, now) is Lease.STALE)
 
 
 def claim_label(registry: str, title: str) -> str:
@@ -291,8 +333,9 @@ def inputs_digest(ob: Observed) -> str:
     """What someone could change to fix a failure, hashed (status must not name Secrets' data).
 
     The spec (generation), deletion, the reconcile-request annotation, the connection Secret's
-    resourceVersion, a foreign Secret squatting the return Secret's name, and where consent to a
-    cross-namespace reference is read from. Never anything this function writes itself.
+    data (not its resourceVersion, which the in-use finalizer moves), a foreign Secret squatting
+    the return Secret's name, and where consent to a cross-namespace reference is read from.
+    Never anything this function writes itself.
     """
     ret = ob.ret_secret
     foreign = ""

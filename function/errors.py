@@ -4,22 +4,28 @@
     ├── BadEvent           the CloudEvent itself is malformed        -> 400, not retried
     ├── TemporaryError     retrying later can succeed                -> 503, the source redelivers
     │   ├── QuayTransient      Quay 5xx/429, timeout, refused or reset connection
-    │   └── KubeTransient      API server conflict (409) or outage
+    │   └── KubeTransient      API server outage
+    │       └── Conflict           the object changed since it was read (409)
     └── PermanentError     retrying cannot help; the reason goes to status -> 2xx
         ├── ConfigError        a spec field or connection Secret key is wrong
         └── QuayPermanent      Quay refused: auth, scope, TLS, invalid request, disabled feature
 
-``main.py`` is the only module that turns these into status codes. Messages never carry a
-credential: they name the field or Quay's own error text, and at most a short body excerpt.
+What a reconcile pass does with each, whatever phase (observe, plan, apply) raised it, is
+decided once, by :func:`classify`. ``main.py`` is the only module that turns these into status
+codes. Messages never carry a credential: they name the field or Quay's own error text, and at
+most a short body excerpt.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Self
 
 __all__ = [
     "BadEvent",
     "ConfigError",
+    "Conflict",
+    "Handling",
     "KubeTransient",
     "PermanentError",
     "QuayAuthError",
@@ -33,6 +39,7 @@ __all__ = [
     "QuayUnexpectedResponse",
     "ReconcileError",
     "TemporaryError",
+    "classify",
 ]
 
 
@@ -76,6 +83,12 @@ class KubeTransient(TemporaryError):
     """The API server answered 409, 429 or 5xx, or could not be reached."""
 
     reason = "KubernetesUnavailable"
+
+
+class Conflict(KubeTransient):
+    """The object changed since we read it (409): re-read and retry."""
+
+    reason = "Conflict"
 
 
 class QuayError(ReconcileError):
@@ -128,3 +141,23 @@ class QuayUnexpectedResponse(QuayPermanent):
     """Quay answered something the contract does not describe."""
 
     reason = "QuayUnexpectedResponse"
+
+
+class Handling(enum.StrEnum):
+    """What a reconcile pass does with an error."""
+
+    RESTART = "restart"  # someone wrote meanwhile: decide again from a fresh read
+    RECORD = "record"    # Ready=False with the reason and status.retry (the convergence rule), 204
+    RAISE = "raise"      # nothing can be recorded, or another delivery is on it: 503, redelivered
+
+
+def classify(exc: ReconcileError) -> Handling:
+    """The one error mapping of every phase. Only a conflict restarts the pass; a refusal
+    (PermanentError, from Quay or the API server) and Quay being unavailable are recorded; the
+    API server unavailable (nothing could be recorded), a concurrent creation and a malformed
+    event are raised (main.py answers 503, or 400 for the event)."""
+    if isinstance(exc, Conflict):
+        return Handling.RESTART
+    if isinstance(exc, (PermanentError, QuayTransient)):
+        return Handling.RECORD
+    return Handling.RAISE

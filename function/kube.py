@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from function.errors import Conflict as Conflict  # re-exported: callers catch kube.Conflict
 from function.errors import KubeTransient, PermanentError
 from function.model import GROUP, PLURAL, VERSION
 
@@ -42,12 +43,6 @@ _CR = f"/apis/{GROUP}/{VERSION}"
 
 _lock = threading.Lock()
 _shared: httpx.Client | None = None
-
-
-class Conflict(KubeTransient):
-    """The object changed since we read it (409): re-read and retry."""
-
-    reason = "Conflict"
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -218,6 +213,8 @@ class Kube:
             detail = _message(resp)
             if status == 409:
                 raise Conflict(f"{what}: the object changed meanwhile ({detail})")
+            if status == 403 and _terminating(resp):
+                raise NamespaceTerminating(f"{what}: API server answered {status} ({detail})")
             if status == 429 or status >= 500:
                 raise KubeTransient(f"{what}: API server answered {status} ({detail})")
             raise PermanentError(f"{what}: API server answered {status} ({detail})")
@@ -249,15 +246,18 @@ class Kube:
 
     def patch_metadata(self, namespace: str, name: str, resource_version: str, *,
                        finalizers: list[str] | None = None,
-                       labels: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-        """Replace metadata.finalizers and/or merge labels, conditioned on resourceVersion (409 if
-        anyone wrote since); {} when the object is gone."""
+                       labels: Mapping[str, str | None] | None = None,
+                       annotations: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+        """Replace metadata.finalizers and/or merge labels and annotations, conditioned on
+        resourceVersion (409 if anyone wrote since); {} when the object is gone."""
         self.writes += 1
         meta: dict[str, Any] = {"resourceVersion": resource_version}
         if finalizers is not None:
             meta["finalizers"] = finalizers
         if labels:
             meta["labels"] = dict(labels)
+        if annotations:
+            meta["annotations"] = dict(annotations)
         body = {"metadata": meta}
         return self._request(f"patch finalizers of {namespace}/{name}", "PATCH",
                              f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
@@ -307,6 +307,18 @@ class Kube:
         self._request(f"delete secret {namespace}/{name}", "DELETE",
                       f"/api/v1/namespaces/{namespace}/secrets/{name}", body=body, missing_ok=True)
 
+    def set_secret_finalizers(self, secret: Mapping[str, Any],
+                              finalizers: list[str]) -> dict[str, Any] | None:
+        """Give the Secret exactly ``finalizers`` (a connection Secret's in-use protection): a PUT
+        of the object as read, so conditioned on its resourceVersion (409 if anyone wrote since),
+        with the ``update`` right return Secrets need anyway; None when it is gone."""
+        self.writes += 1
+        meta = secret["metadata"]
+        body = {**secret, "metadata": {**meta, "finalizers": finalizers}}
+        return self._request(f"update finalizers of secret {meta['namespace']}/{meta['name']}", "PUT",
+                             f"/api/v1/namespaces/{meta['namespace']}/secrets/{meta['name']}",
+                             body=body, missing_ok=True)
+
     # -- ServiceAccounts (spec.serviceAccounts) --------------------------------------------------
     def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ServiceAccount, or None when it does not exist (yet)."""
@@ -330,7 +342,8 @@ class Kube:
     # -- Events (events.k8s.io/v1) -----------------------------------------------------------------
     def create_event(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create an Event (build it with ``kevents.build_event``); None when it was not created
-        because its namespace is gone or the very same Event (same name) already exists."""
+        because its namespace is gone or going (the API server refuses new objects in a
+        terminating namespace) or the very same Event (same name) already exists."""
         self.writes += 1
         meta = body["metadata"]
         path = f"/apis/events.k8s.io/v1/namespaces/{meta['namespace']}/events"
@@ -340,6 +353,21 @@ class Kube:
         # a POST gets 409 only as AlreadyExists: this report was made already
         except Conflict:
             return None
+        except NamespaceTerminating:
+            return None
+
+
+class NamespaceTerminating(PermanentError):
+    """403: no new object may be created in a namespace that is being deleted."""
+
+
+def _terminating(resp: httpx.Response) -> bool:
+    """The API server's NamespaceLifecycle refusal (details.causes[].reason NamespaceTerminating)."""
+    try:
+        causes = (resp.json().get("details") or {}).get("causes") or ()
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(c, Mapping) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
 def _message(resp: httpx.Response) -> str:

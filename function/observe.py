@@ -11,10 +11,12 @@ the referenced object exists.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from function import conditions, pullsecret
+from function import conditions, protection, pullsecret
 from function.connection import Connection, parse_connection
 from function.decide import Observed
 from function.errors import PermanentError
@@ -30,7 +32,7 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
             wave: str = "", resync_period: datetime.timedelta | None = None) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
     dt = DockerToken.from_object(obj)
-    conn, conn_error, conn_version, consent = _connection(kube, dt)
+    conn, conn_error, conn_version, consent, conn_secret = _connection(kube, dt)
     ret_error, ret_consent = _return_namespace(kube, dt)
     ret = old = None
     if ret_error is None and dt.ret_secret is not None and dt.ret_secret.name:
@@ -46,27 +48,44 @@ def observe(kube: Kube, obj: Mapping[str, Any], *, verify: bool, now: datetime.d
         dt=dt, now=now, verify=verify, wave=wave, conn=conn, conn_error=conn_error, conn_version=conn_version,
         ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
         consent_version=f"{consent}/{ret_consent}", service_accounts=accounts,
+        conn_secret=conn_secret, registered=protection.registered(obj),
         **({"resync_period": resync_period} if resync_period else {}),
     )
 
 
-def _connection(kube: Kube, dt: DockerToken) -> tuple[Connection | None, PermanentError | None, str, str]:
-    """(connection, why not, its resourceVersion, consent state) for spec.connSecretRef."""
+def _connection(kube: Kube, dt: DockerToken) -> tuple[
+        Connection | None, PermanentError | None, str, str, Mapping[str, Any] | None]:
+    """(connection, why not, digest of its content, consent state, the Secret as found) for
+    spec.connSecretRef."""
     ref = dt.conn_secret
     if not ref.name:
-        return None, None, "", ""
-    found = kube.get_secret(ref.namespace, ref.name)
+        return None, None, "", "", None
+    try:
+        found = kube.get_secret(ref.namespace, ref.name)
+    # e.g. 403: the same answer whether or not the Secret exists (authorization comes first)
+    except PermanentError as exc:
+        raise PermanentError(f"connSecretRef: cannot read Secret {ref}: {exc}; the function's "
+                             "ServiceAccount needs get on secrets there (knative/base/rbac.yaml)"
+                             ).with_reason(conditions.SECRET_UNREADABLE) from None
     if ref.namespace != dt.namespace and (found is None or not _allows(found, dt.namespace)):
-        return None, _denied_connection(dt, ref), "", "denied"
+        return None, _denied_connection(dt, ref), "", "denied", None
     if found is None:
         # the original operator's wording, which users may already match on
         return None, PermanentError(f"connSecretRef: {ref.name}: secret not found").with_reason(
-            conditions.SECRET_NOT_FOUND), "", ""
-    version = str(found["metadata"].get("resourceVersion") or "")
+            conditions.SECRET_NOT_FOUND), "", "", None
+    version = _content_digest(found)
     try:
-        return parse_connection(pullsecret.decoded(found), secret_name=ref.name), None, version, ""
+        return (parse_connection(pullsecret.decoded(found), secret_name=ref.name), None, version, "",
+                found)
     except PermanentError as exc:
-        return None, exc, version, ""
+        return None, exc, version, "", found
+
+
+def _content_digest(secret: Mapping[str, Any]) -> str:
+    """What an edit that could fix the connection changes: its data, not its resourceVersion
+    (which moves with the in-use finalizer this function itself puts on and takes off)."""
+    data = json.dumps(secret.get("data") or {}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def _return_namespace(kube: Kube, dt: DockerToken) -> tuple[PermanentError | None, str]:

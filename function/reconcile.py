@@ -3,8 +3,10 @@
 Called by ``main.py`` for every event. Level-based: the event only names the object (and says
 whether it is a resync, which also confirms the token in Quay). Each pass reads everything
 again (``observe.py``), decides with one pure function (``decide.plan``) and carries the plan
-out (``apply.py``). A conflicting write restarts the pass from a fresh read (a few times, then
-503 so the event is redelivered).
+out (``apply.py``). An error from any of the three is handled as ``errors.classify`` says: a
+conflicting write restarts the pass from a fresh read (a few times, then 503 so the event is
+redelivered), a refusal is recorded in status under the convergence rule, and what cannot be
+recorded is raised (503).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from collections.abc import Callable
 from function import decide
 from function.apply import Apply, Outcome, QuayFactory, Restart, quay_client
 from function.cache import TokenListCache
-from function.errors import TemporaryError
-from function.kube import Conflict, Kube
+from function.errors import Handling, ReconcileError, TemporaryError, classify
+from function.kube import Kube
+from function.model import DockerToken
 from function.observe import observe
 
 __all__ = ["Outcome", "Reconciler"]
@@ -50,17 +53,28 @@ class Reconciler:
             obj = kube.get_dockertoken(namespace, name)
             if obj is None:
                 return _merged(total, Outcome("gone"))
-            observed = observe(kube, obj, verify=verify_quay, wave=wave, now=self.clock(),
-                               resync_period=self.resync_period)
-            step = Apply(kube, self.quay_factory, self.cache, observed, decide.plan(observed),
-                         obj.get("status") or {})
+            now = self.clock()
+            try:
+                observed = observe(kube, obj, verify=verify_quay, wave=wave, now=now,
+                                   resync_period=self.resync_period)
+                plan = decide.plan(observed)
+            except ReconcileError as exc:
+                handling = classify(exc)
+                if handling is Handling.RESTART:
+                    continue
+                if handling is not Handling.RECORD:
+                    raise
+                observed, plan = decide.unobserved(DockerToken.from_object(obj), exc, now)
+            step = Apply(kube, self.quay_factory, self.cache, observed, plan, obj.get("status") or {})
             try:
                 step.run()
                 return _merged(total, step.close())
             # someone wrote the object meanwhile: decide again on its new state
-            except (Conflict, Restart):
+            except (ReconcileError, Restart) as exc:
                 _merged(total, step.close())
-                continue
+                if isinstance(exc, Restart) or classify(exc) is Handling.RESTART:
+                    continue
+                raise
             except BaseException:
                 step.close()
                 raise

@@ -1,6 +1,8 @@
 """Knative's real ApiServerSource receive adapter, watching every DockerToken and feeding the
-function, as the ApiServerSource of knative/ sets it up (Reference mode, one cluster-wide watch,
-serial delivery, its own retries of 404/413/425/429/502/503/504).
+function, run as the Deployment Knative's real controller made from knative/base's ApiServerSource
+(``tests/eventing_controller.py``): its ServiceAccount and its environment (Reference mode, one
+cluster-wide watch, the Service's address as sink), with serial delivery and its own retries of
+404/413/425/429/502/503/504.
 
 Used by tests/test_knative_e2e.py and tests/test_convergence.py (module fixtures: while it runs,
 every DockerToken change of the cluster reaches the shared function process).
@@ -9,10 +11,10 @@ every DockerToken change of the cluster reaches the shared function process).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,30 +25,24 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import wait_for
+from tests.eventing_controller import AdapterPod
 from tests.harness import FunctionProcess
 
 SENTINEL_NAMESPACE = "adapter-sentinel"
 
 
 @contextmanager
-def running_adapter(cp: ControlPlane, fn: FunctionProcess) -> Iterator[Path]:
-    """Start the adapter as the dockertoken-source identity; yields its log once it delivers."""
+def running_adapter(cp: ControlPlane, fn: FunctionProcess, pod: AdapterPod) -> Iterator[Path]:
+    """Start the adapter as ``pod`` says (its identity, its env; the sink must be ``fn``); yields
+    its log once it delivers."""
     binary = subprocess.run([str(ROOT / "scripts" / "build-controlplane"), "--adapter"], check=True,
                             stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
-    source_config = {
-        "namespaces": [], "allNamespaces": True, "mode": "Reference",
-        "resources": [{"gvr": {"Group": "quay.herve4m.github.io", "Version": "v1alpha1",
-                               "Resource": "dockertokens"}}],
-    }
+    assert pod.service_account in cp.kubeconfigs, f"no identity for ServiceAccount {pod.service_account}"
+    assert pod.env.get("K_SINK", "").rstrip("/") == fn.url, f"the adapter sends to {pod.env.get('K_SINK')}"
     env = {
         "PATH": os.environ.get("PATH", ""),
-        "KUBECONFIG": str(cp.kubeconfigs["dockertoken-source"]),
-        "K_SOURCE_CONFIG": json.dumps(source_config),
-        "K_SINK": fn.url + "/",
-        "NAME": "dockertoken-source",
-        "NAMESPACE": "quay-system",
-        "K_LOGGING_CONFIG": "{}",
-        "K_OBSERVABILITY_CONFIG": "{}",
+        "KUBECONFIG": str(cp.kubeconfigs[pod.service_account]),
+        **pod.env,
     }
     log = Path(tempfile.mkstemp(prefix="qdt-adapter-", suffix=".log")[1])
     with log.open("wb") as out:
@@ -70,7 +66,7 @@ def _wait_until_watching(cp: ControlPlane, fn: FunctionProcess, proc: subprocess
     except ApiException as exc:
         if exc.status != 409:
             raise
-    prefix = f"sentinel-{os.getpid()}-{len(fn.logs())}"
+    prefix = f"sentinel-{uuid.uuid4().hex[:10]}"  # unique across adapters and function processes
     for attempt in range(30):
         assert proc.poll() is None, log.read_text()
         name = f"{prefix}-{attempt}"

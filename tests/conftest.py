@@ -46,6 +46,28 @@ def function_proc(control_plane: ControlPlane) -> Iterator[Any]:
         yield fn
 
 
+@pytest.fixture(scope="session")
+def eventing_controller(control_plane: ControlPlane) -> Iterator[Any]:
+    """Knative Eventing's ApiServerSource reconciler (tests/eventing_controller.py), stopped
+    before the API server."""
+    from tests.eventing_controller import EventingController
+
+    with EventingController(control_plane) as ctl:
+        yield ctl
+
+
+@pytest.fixture(scope="session")
+def adapter_pod(eventing_controller: Any, function_proc: Any) -> Any:
+    """The ApiServerSource adapter as the controller generates it from knative/base, with the
+    session's function as the Service's address (what Serving would publish)."""
+    from tests.eventing_controller import AdapterPod, shipped_source
+
+    with shipped_source(eventing_controller, function_proc.url) as shipped:
+        deployment = shipped.deployment()
+        assert deployment is not None
+        return AdapterPod.of(deployment)
+
+
 @pytest.fixture
 def quay() -> Iterator[Any]:
     """A Quay simulator of the test's own: its token store and counters start empty."""

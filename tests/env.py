@@ -53,6 +53,14 @@ class Env:
         self.core.create_namespaced_secret(
             namespace or self.ns, {"metadata": {"name": name}, "stringData": data})
 
+    def delete_conn_secret_unprotected(self, name: str = "quay-credentials",
+                                       namespace: str | None = None) -> None:
+        """Delete a connection Secret after taking the function's in-use finalizer off by hand (as
+        for objects made before the protection existed): it goes at once."""
+        ns = namespace or self.ns
+        self.core.patch_namespaced_secret(name, ns, {"metadata": {"finalizers": None}})
+        self.core.delete_namespaced_secret(name, ns)
+
     def dockertoken(self, name: str = "dockertoken-sample", *, title: str = "mytoken",
                     ret: str | None = "dockertoken-sample-ret-secret", **spec: Any) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -17,7 +17,8 @@ What counts as a use:
   at an identity's rights directly, through the ``kubernetes`` client (``OpenAPI-Generator/...``)
   or with ``PROBE_AGENT``, show what is denied, not what the code needs, and are left out;
 - a SubjectAccessReview about one of the identities: Knative's ApiServerSource controller asks
-  them for the adapter before it starts it (``test_knative_e2e`` asks them the same way).
+  them for the adapter before it starts it (the real controller runs in the tests:
+  ``tests/eventing_controller.py``).
 
 Non-resource requests (discovery, ``/version``) are left out: ``system:discovery`` allows them to
 every authenticated user.

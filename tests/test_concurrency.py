@@ -290,4 +290,6 @@ def test_logged_writes_and_quay_calls_are_each_events_own(env: Env) -> None:
     assert len(logged) == len(names)
     assert sum(line["writes"] for line in logged) == env.write_count() - writes
     assert sum(line["quay_calls"] for line in logged) == env.quay_calls() - calls
-    assert all(line["writes"] <= 6 for line in logged), [line["writes"] for line in logged]
+    # 6, and 1 more for those that lost the race to put the in-use finalizer on the connection
+    # Secret (their PUT answers 409, and the winner's finalizer is enough)
+    assert all(line["writes"] <= 7 for line in logged), [line["writes"] for line in logged]

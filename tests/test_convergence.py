@@ -25,6 +25,7 @@ from kubernetes import client
 from tests.adapter_proc import running_adapter
 from tests.controlplane import ControlPlane, free_port
 from tests.env import Env, wait_for
+from tests.eventing_controller import AdapterPod
 from tests.harness import FunctionProcess
 from tests.quaysim import ADMIN_TOKEN, QuaySimulator
 
@@ -34,8 +35,8 @@ SETTLE_MAX = 40.0
 
 
 @pytest.fixture(scope="module")
-def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
-    with running_adapter(control_plane, function_proc) as log:
+def adapter(control_plane: ControlPlane, function_proc: FunctionProcess, adapter_pod: AdapterPod) -> Iterator[Path]:
+    with running_adapter(control_plane, function_proc, adapter_pod) as log:
         yield log
 
 

@@ -41,7 +41,7 @@ def _assert_blocked(env: Env, *words: str) -> str:
 
 def test_connection_secret_restored_lets_the_deletion_finish(env: Env) -> None:
     _created(env)
-    env.core.delete_namespaced_secret("quay-credentials", env.ns)
+    env.delete_conn_secret_unprotected()
     env.delete()
     assert env.send("update").status_code == 204
     _assert_blocked(env, "secret not found")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from function.model import CLAIM_LABEL_PREFIX
+from function.protection import CONNECTION_LABEL
 from tests import checks, harness
 from tests.env import Env, G, P, V, wait_for
 from tests.quaysim import ADMIN_TOKEN
@@ -233,8 +234,10 @@ def test_object_changed_while_its_pass_lists_tokens_gets_409_and_restarts(env: E
     assert actions.count("take-lease") == 1 and actions.count("create-token") == 1, actions
     checks.assert_converged(env)
     labels = env.get()["metadata"]["labels"]  # type: ignore[index]
-    # the edit is kept; beside it only the claim label the function sets (README "Design notes")
-    assert labels.pop("touched") == "yes" and all(k.startswith(CLAIM_LABEL_PREFIX) for k in labels), labels
+    # the edit is kept; beside it only the labels the function sets: the claim label and the
+    # connection Secret it uses (README "Design notes", "Deleting a connection Secret")
+    assert labels.pop("touched") == "yes" and labels.pop(CONNECTION_LABEL)
+    assert all(k.startswith(CLAIM_LABEL_PREFIX) for k in labels), labels
 
 
 def test_secret_edited_while_its_code_is_fetched_gets_409_and_keeps_the_edit(env: Env) -> None:

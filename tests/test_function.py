@@ -210,7 +210,7 @@ def test_cleanup_blocked_then_preserve_lets_it_go(env: Env) -> None:
     env.conn_secret()
     env.dockertoken()
     env.send("add")
-    env.core.delete_namespaced_secret("quay-credentials", env.ns)
+    env.delete_conn_secret_unprotected()
     env.delete()
     assert env.send("update").status_code == 204
     ready = env.ready()

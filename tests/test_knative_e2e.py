@@ -1,5 +1,6 @@
 """The deployment's moving parts on the real control plane, each as its own identity from knative/:
-Knative's real ApiServerSource receive adapter feeding the function, and the resync command."""
+Knative's real ApiServerSource receive adapter, run as Knative's real controller configures it
+from knative/base (tests/test_apiserversource.py), feeding the function, and the resync command."""
 
 from __future__ import annotations
 
@@ -18,36 +19,14 @@ from kubernetes.client.exceptions import ApiException
 from tests.adapter_proc import running_adapter
 from tests.controlplane import ROOT, ControlPlane
 from tests.env import Env, wait_for
+from tests.eventing_controller import AdapterPod
 from tests.harness import FunctionProcess
 
 
 @pytest.fixture(scope="module")
-def adapter(control_plane: ControlPlane, function_proc: FunctionProcess) -> Iterator[Path]:
-    with running_adapter(control_plane, function_proc) as log:
+def adapter(control_plane: ControlPlane, function_proc: FunctionProcess, adapter_pod: AdapterPod) -> Iterator[Path]:
+    with running_adapter(control_plane, function_proc, adapter_pod) as log:
         yield log
-
-
-def test_the_adapter_identity_passes_knatives_access_check(control_plane: ControlPlane) -> None:
-    """Before Knative's ApiServerSource controller starts the adapter it asks, with one
-    SubjectAccessReview per verb and watched namespace (``runAccessCheck`` in eventing's
-    ``pkg/reconciler/apiserversource/apiserversource.go``), whether the source's ServiceAccount may
-    get, list and watch the resource; any "no" leaves the source without its adapter. With
-    ``namespaceSelector: {}`` the watched namespaces are all of them. Asked here the same way."""
-    admin = control_plane.api_client()
-    namespaces = [ns.metadata.name for ns in client.CoreV1Api(admin).list_namespace().items
-                  if ns.metadata and ns.metadata.name]
-    denied = []
-    for namespace in namespaces:
-        for verb in ("get", "list", "watch"):
-            review = client.AuthorizationV1Api(admin).create_subject_access_review(
-                client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-                    user="system:serviceaccount:quay-system:dockertoken-source",
-                    resource_attributes=client.V1ResourceAttributes(
-                        namespace=namespace, verb=verb, group="quay.herve4m.github.io",
-                        resource="dockertokens"))))
-            if not (review.status and review.status.allowed):
-                denied.append(f"{verb} in {namespace}")
-    assert "quay-system" in namespaces and not denied, denied
 
 
 def test_real_apiserversource_adapter_drives_the_whole_lifecycle(env: Env, adapter: Path) -> None:

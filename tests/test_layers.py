@@ -12,7 +12,7 @@ LAYERS = [
     {"errors", "logs"},
     {"model", "conditions"},
     {"connection", "renewal", "template", "kevents", "events"},
-    {"pullsecret"},
+    {"pullsecret", "protection"},
     {"decide"},
     {"cache", "kube", "quay"},
     {"observe", "apply"},

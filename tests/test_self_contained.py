@@ -58,14 +58,17 @@ def test_the_scan_catches_the_old_paths() -> None:
     assert not OUTSIDE.search('env.dockertoken("first", ret="shared")')
 
 
-def test_knative_schemas_are_the_upstream_files_the_readme_names() -> None:
-    folder = DATA / "knative-schemas"
-    rows = re.findall(r"^([0-9a-f]{64})  (\S+\.yaml)$", (folder / "README.md").read_text(), re.M)
+@pytest.mark.parametrize(("folder", "files"), [
+    ("knative-schemas", {"apiserversource.yaml", "broker.yaml", "service.yaml", "trigger.yaml"}),
+    ("knative-eventing-config", {"features.yaml", "logging.yaml", "observability.yaml"}),
+])
+def test_knative_copies_are_the_upstream_files_the_readme_names(folder: str, files: set[str]) -> None:
+    path = DATA / folder
+    rows = re.findall(r"^([0-9a-f]{64})  (\S+\.yaml)$", (path / "README.md").read_text(), re.M)
     listed = {name: digest for digest, name in rows}
-    assert set(listed) == {p.name for p in folder.glob("*.yaml")} == {
-        "apiserversource.yaml", "broker.yaml", "service.yaml", "trigger.yaml"}
+    assert set(listed) == {p.name for p in path.glob("*.yaml")} == files
     for name, digest in listed.items():
-        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, f"{name} was changed"
+        assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest, f"{name} was changed"
 
 
 @pytest.mark.skipif(os.environ.get("QDT_CLEAN_CLONE") != "1",

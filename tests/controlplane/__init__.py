@@ -39,8 +39,10 @@ SERVICE_ACCOUNTS = ("dockertoken-reconciler", "dockertoken-source", "dockertoken
 # Tenant identities for the tenant-isolation tests (issue 11): identity -> (user name, groups).
 # No group beyond system:authenticated, so each holds only the RBAC a test binds to it.
 # "gitops" is a ServiceAccount of another namespace, as a GitOps tool's would be.
+# "reconciler-without-secrets" runs a function whose RBAC a test cuts short (issue 20).
 TENANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tenant-a": ("tenant-a", ()),
+    "reconciler-without-secrets": ("reconciler-without-secrets", ()),
     "gitops": (
         "system:serviceaccount:gitops:deployer",
         ("system:serviceaccounts", "system:serviceaccounts:gitops"),
