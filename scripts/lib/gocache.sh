@@ -28,7 +28,7 @@ gocache_init() {
 }
 
 gocache_verify() { # path check_args expected
-  local path=$1 expected=$3 output word
+  local path=$1 expected=$3 output word status=0
   local -a words vars=() args=()
   read -ra words <<<"$2"
   for word in "${words[@]}"; do
@@ -38,9 +38,10 @@ gocache_verify() { # path check_args expected
     echo "$path is missing or not executable" >&2
     return 1
   fi
-  if ! output=$(cd / && timeout 60 env -i "${vars[@]}" "$path" "${args[@]}" 2>&1 </dev/null); then
-    echo "$path does not run: \`$(basename "$path") $2\` failed:" >&2
-    printf '%s\n' "$output" | tail -n 5 >&2
+  output=$(cd / && timeout 60 env -i "${vars[@]}" "$path" "${args[@]}" 2>&1 </dev/null) || status=$?
+  if [[ $status -ne 0 ]]; then
+    echo "$path does not run: \`$(basename "$path") $2\` exited with status $status${output:+:}" >&2
+    [[ -z "$output" ]] || printf '%s\n' "$output" | tail -n 5 >&2
     return 1
   fi
   if [[ "$output" != *"$expected"* ]]; then
