@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import waiting
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HELLO = """package main
@@ -68,7 +70,7 @@ def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+        waiting.pause(0.02)
 
 
 def leftovers(cache: Path) -> list[str]:
@@ -98,7 +100,7 @@ def test_a_build_killed_half_way_leaves_nothing_that_a_rerun_trusts(tmp_path: Pa
     if moment == "while go builds":
         deadline = time.monotonic() + 60
         while not leftovers(cache) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+            waiting.pause(0.005)
     else:
         wait_for(mark, proc)  # built, not yet in place: where a non-atomic cache is half written
     os.killpg(proc.pid, signal.SIGKILL)
