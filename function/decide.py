@@ -398,6 +398,31 @@ def on_error(ob: Observed, plan: Plan, step: Step, status: Status, exc: Exceptio
     return failed(ob, status, failure, inputs=plan.inputs, cleanup=plan.cleanup, lease_held=lease_held)
 
 
+def without_quay(ob: Observed, plan: Plan, listed: Mapping[str, Token] | None) -> tuple[Step, ...] | None:
+    """The steps ``plan`` comes to when the only Quay answer it may use is ``listed`` (the
+    connection's tokens by UUID, e.g. one list for a whole page of a bulk resync); None when a
+    step would need another answer (a GET, a creation) or ``listed`` is None. An object is in
+    order when this is only a WriteStatus of what is already stored (:func:`is_in_order`)."""
+    out: list[Step] = []
+    for step in plan.steps:
+        if not isinstance(step, ObtainToken):
+            out.append(step)
+            continue
+        if not isinstance(step.first, Verify) or listed is None:
+            return None
+        got = verified(ob, step.first, listed.get(step.first.uuid))
+        if not isinstance(got, Obtained):
+            return None
+        out += settle(ob, step.ensure, got).steps
+    return tuple(out)
+
+
+def is_in_order(ob: Observed, todo: Iterable[Step] | None) -> bool:
+    """Whether steps (from :func:`without_quay`) would write nothing and call nothing."""
+    return todo is not None and all(
+        isinstance(s, WriteStatus) and not s.status.merge_patch(ob.dt.status) for s in todo)
+
+
 # -- the end of a pass ---------------------------------------------------------------------------
 def settle(ob: Observed, ensure: Ensure, got: Obtained) -> Settlement:
     """Once the token is known: the pull Secret, the moved Secret, the ServiceAccounts, old tokens

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests import harness
+from tests import harness, waiting
 from tests.adapter_proc import running_adapter
 from tests.controlplane import ControlPlane
 from tests.env import Env, wait_for
@@ -31,7 +31,7 @@ RENEW = "quay.herve4m.github.io/renew-request"
 
 @pytest.fixture(scope="module")
 def plugin_fn(control_plane: ControlPlane) -> Iterator[harness.FunctionProcess]:
-    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"],
+    with harness.FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"], movable_clock=True,
                                  env={"ROTATION_GRACE_SECONDS": str(GRACE)}) as fn:
         yield fn
 
@@ -46,7 +46,23 @@ def adapter(control_plane: ControlPlane, plugin_fn: harness.FunctionProcess,
 @pytest.fixture
 def penv(control_plane: ControlPlane, namespace: str, quay: QuaySimulator,
          plugin_fn: harness.FunctionProcess, adapter: Path) -> Env:
+    plugin_fn.reset_clock()
     return Env(control_plane, namespace, quay, plugin_fn)
+
+
+def settled(env: Env, name: str, quiet: float = 1.0) -> int:
+    """The deliveries for ``name`` once none has come for ``quiet`` seconds (the adapter sends
+    no signal when it is done: its log is polled, re-checked against a deadline)."""
+    deadline = time.monotonic() + 30
+    seen, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = len(deliveries(env, name))
+        if count != seen:
+            seen, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return count
+        waiting.pause(0.1)
+    raise AssertionError(f"{name}: still receiving events after 30 s")
 
 
 def kubectl_dockertoken(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
@@ -82,8 +98,7 @@ def test_renew_rotates_within_one_event_and_revokes_the_old_token_after_the_grac
     old = wait_for(lambda: ((penv.get() or {}).get("status") or {}).get("uuid"), timeout=30,
                    what="the first token")
     wait_for(lambda: penv.ready().get("status") == "True", timeout=30, what="Ready")
-    time.sleep(1)  # let the echoes of the creation settle
-    before, creates = len(deliveries(penv, "dockertoken-sample")), penv.quay_calls("create")
+    before, creates = settled(penv, "dockertoken-sample"), penv.quay_calls("create")
 
     run = kubectl_dockertoken(penv, "renew", "dockertoken-sample", "-n", penv.ns)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -97,14 +112,15 @@ def test_renew_rotates_within_one_event_and_revokes_the_old_token_after_the_grac
     after = deliveries(penv, "dockertoken-sample")[before:]
     assert "create-token" in after[0]["actions"], after
     # its echoes (status, Secret) do nothing: no Quay call, no write
-    time.sleep(2)
-    echoes = deliveries(penv, "dockertoken-sample")[before + 1:]
+    wait_for(lambda: deliveries(penv, "dockertoken-sample")[before + 1:], timeout=30, what="the echoes")
+    echoes = deliveries(penv, "dockertoken-sample")[before + 1:settled(penv, "dockertoken-sample")]
     assert echoes and all(e["quay_calls"] == 0 and e["writes"] == 0 for e in echoes), echoes
     assert penv.quay_calls("create") == creates + 1
 
     # the old token lives for the grace, then the first pass after it (a resync) revokes it
     assert {t["uuid"] for t in penv.tokens()} == {old, new}
-    time.sleep(GRACE)
+    penv.fn.advance(GRACE)  # the grace passes for the function and for Quay alike; nobody waits
+    penv.quay.advance(GRACE)
     assert penv.resync().status_code == 204
     assert [t["uuid"] for t in penv.tokens()] == [new]
     assert "pendingRevocation" not in (penv.get() or {})["status"]

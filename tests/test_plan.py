@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from function import conditions, decide, pullsecret, records, steps
+from function import claims, conditions, decide, pullsecret, records, steps
 from function.errors import (
     ConfigError,
     Conflict,
@@ -443,3 +443,31 @@ def test_recorded_keeps_the_old_token_for_its_grace() -> None:
         "u2", ("u1",), at(2), None)
     replaced = records.recorded(dt.status, dt, new, revoke_old=False)
     assert replaced.pending_revocation == () and replaced.revoke_after == ""
+
+
+def _labelled(status: dict[str, Any]) -> dict[str, Any]:
+    """An object carrying the claim label its passes put on it."""
+    obj = dockertoken(status)
+    obj["metadata"]["labels"][claims.claim_label(CONN.registry, "mytoken")] = "true"
+    return obj
+
+
+@pytest.mark.parametrize(("ob", "listed", "in_order"), [
+    pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True),
+                 {"u1": Token("u1", "mytoken", CREATED)}, True, id="listed-and-intact"),
+    pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True), {}, False,
+                 id="missing-from-the-list-needs-a-get"),
+    pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True), None, False,
+                 id="no-list"),
+    pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True),
+                 {"u1": Token("u1", "mytoken", CREATED, "", "Thu, 26 Nov 2026 11:59:00 -0000")}, False,
+                 id="last-accessed-moved"),
+    pytest.param(observed(_labelled(settled()), ret_secret=None, verify=True),
+                 {"u1": Token("u1", "mytoken", CREATED)}, False, id="secret-deleted"),
+    pytest.param(observed(_labelled(failing("QuayAuthenticationFailed"))), {}, True, id="backing-off"),
+])
+def test_a_bulk_resync_plans_a_page_from_one_list(ob: decide.Observed, listed: dict[str, Token] | None,
+                                                  in_order: bool) -> None:
+    """The same core over objects observed from lists (issue 22): which need a reconcile."""
+    assert decide.is_in_order(ob, decide.without_quay(ob, decide.plan(ob), listed)) is in_order
+
