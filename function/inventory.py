@@ -53,7 +53,6 @@ from function.steps import (
     DeleteSecret,
     EditServiceAccount,
     Fetch,
-    Obtained,
     ObtainToken,
     PatchMetadata,
     Plan,
@@ -101,10 +100,11 @@ def verdict(ob: Observed, plan: Plan, listed: Mapping[str, Token] | None) -> Ver
     """Whether carrying out ``plan`` would change anything, and what: the plan's own steps.
 
     ``listed``: the connection's Quay tokens by UUID (None when the list could not be made). A
-    resync's plan asks Quay one question for a token it keeps (``Verify``); it is answered here
-    from the list, through the same continuations ``apply.py`` uses (``decide.verified``, then
-    ``decide.settle``), so every write a reconcile would make is seen, including those of the
-    finalizer, claim labels, renew request and in-use protection.
+    resync's plan asks Quay one question for a token it keeps (``Verify``): ``decide.without_quay``
+    answers it from the list through the same continuations ``apply.py`` uses, and
+    ``decide.is_in_order`` says whether the steps would write anything, so every write a
+    reconcile would make counts, including the finalizer, claim labels, renew request and in-use
+    protection. An object whose token needs another Quay answer (a GET, a creation) drifted.
     """
     report = plan.report
     if report.result == "gone":
@@ -115,46 +115,41 @@ def verdict(ob: Observed, plan: Plan, listed: Mapping[str, Token] | None) -> Ver
         return Verdict("deletion")
     if plan.failure is not None:
         return Verdict("retry-due" if ob.dt.status.retry is not None else "new-failure")
-    found = set()
-    for step in plan.steps:
-        if isinstance(step, ObtainToken):
-            try:
-                kind, settled = _obtained(ob, step, listed)
-            # the Secret the API server would refuse: its reconcile records why
-            except PermanentError:
-                return Verdict("new-failure")
-            if kind:
-                found.add(kind)
-            found |= {_kind(ob, s) for s in settled}
-        else:
-            found.add(_kind(ob, step))
-    return Verdict(next((k for k in DRIFTS if k in found), ""))
+    try:
+        todo = decide.without_quay(ob, plan, listed)
+    # the Secret the API server would refuse: its reconcile records why
+    except PermanentError:
+        return Verdict("new-failure")
+    found: set[str] = set()
+    if todo is None:  # the token's drift, and the writes known without Quay's answer
+        for step in plan.steps:
+            if isinstance(step, ObtainToken):
+                found.add(_token_drift(ob, step, listed))
+                known: tuple[Step, ...] = (*step.ensure.deletes, *step.ensure.sa_edits)
+                found |= {_kind(ob, s) for s in known}
+            else:
+                found.add(_kind(ob, step))
+    elif decide.is_in_order(ob, todo):
+        return Verdict()
+    else:
+        found = {_kind(ob, s) for s in todo}
+    return Verdict(next(k for k in DRIFTS if k in found))
 
 
-def _obtained(ob: Observed, step: ObtainToken, listed: Mapping[str, Token] | None
-              ) -> tuple[str, tuple[Step, ...]]:
-    """How the token would be obtained ("" when it is kept), and the steps that settle the pass
-    (only those known before Quay's answers when it is not kept: they are repaired anyway)."""
+def _token_drift(ob: Observed, step: ObtainToken, listed: Mapping[str, Token] | None) -> str:
+    """Why the token needs a Quay answer the list does not give."""
     dt, first = ob.dt, step.first
-    known: tuple[Step, ...] = (*step.ensure.deletes, *step.ensure.sa_edits)
     if isinstance(first, Acquire):
         if first.rotation:
-            return "renew-requested" if decide.renew_requested(dt) else "renewal-due", known
+            return "renew-requested" if decide.renew_requested(dt) else "renewal-due"
         if not dt.status.uuid:
-            return "token-missing", known
-        return "spec-changed" if dt.status.token_name != dt.title else "token-expired", known
+            return "token-missing"
+        return "spec-changed" if dt.status.token_name != dt.title else "token-expired"
     if isinstance(first, Fetch):
-        return "secret-missing" if ob.ret_secret is None else "secret-edited", known
+        return "secret-missing" if ob.ret_secret is None else "secret-edited"
     if isinstance(first, Verify):
-        if listed is None:
-            return "token-unverified", known
-        nxt = decide.verified(ob, first, listed.get(first.uuid))
-        if not isinstance(nxt, Obtained):
-            return "token-gone", known
-        first = nxt
-    if not isinstance(first, Obtained):  # a registry check comes only after a creation
-        return "token-missing", known
-    return "", decide.settle(ob, step.ensure, first).steps
+        return "token-unverified" if listed is None else "token-gone"
+    return "token-missing"  # a registry check comes only after a creation
 
 
 def _kind(ob: Observed, step: Step) -> str:
