@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,7 +62,8 @@ class Sink:
 
     def plan(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         with self.lock:
-            self.plans.append({**json.loads(body), "wave": headers.get("ce-resyncwave")})
+            self.plans.append({**json.loads(body), "wave": headers.get("ce-resyncwave"),
+                               "authorization": headers.get("authorization")})
             if self.plan_script:
                 status = self.plan_script.pop(0) if len(self.plan_script) > 1 else self.plan_script[0]
                 if status >= 300:
@@ -195,6 +197,28 @@ def test_only_drifted_objects_get_an_event_and_the_summary_counts_them(
     assert {p["limit"] for p in sink.plans} == {3}
     waves = {p["wave"] for p in sink.plans} | {ev["resyncwave"] for ev in sink.events()}
     assert len(waves) == 1
+
+
+@pytest.mark.parametrize("planner_file", [False, True], ids=["one-token", "broker-variant"])
+def test_plan_requests_and_events_present_the_cronjobs_tokens(
+    sink: Sink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, planner_file: bool,
+) -> None:
+    """The function authenticates every sender (function/auth.py): the projected token goes on
+    plan requests and resync events alike; through a Broker, the plans carry a token of their own
+    (the function's audience) and the events the Broker's."""
+    (tmp_path / "events").write_text("events-token\n")
+    (tmp_path / "plans").write_text("plans-token\n")
+    monkeypatch.setenv("RESYNC_TOKEN_FILE", str(tmp_path / "events"))
+    if planner_file:
+        monkeypatch.setenv("RESYNC_PLANNER_TOKEN_FILE", str(tmp_path / "plans"))
+    sink.objects = OBJS
+    assert resync.main(["--sink", sink.url, "--page-size", "2"], sleep=Sleeps()) == 0
+    capsys.readouterr()
+    plans = {p["authorization"] for p in sink.plans}
+    assert plans == {"Bearer plans-token" if planner_file else "Bearer events-token"}
+    assert len(sink.plans) == 2 and sink.received
+    assert {h.get("authorization") for h, _ in sink.received} == {"Bearer events-token"}
 
 
 def test_the_summary_times_the_whole_run(sink: Sink, capsys: pytest.CaptureFixture[str]) -> None:
