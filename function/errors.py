@@ -4,7 +4,7 @@
     ├── BadEvent           the CloudEvent itself is malformed        -> 400, not retried
     ├── TemporaryError     retrying later can succeed
     │   ├── QuayTransient      Quay 5xx/429, timeout, refused or reset connection: recorded in
-    │   │                      status with its retry time -> 204 (503 to a resync event)
+    │   │                      status with its retry time -> 204 (the outcome in its headers)
     │   └── KubeTransient      API server outage: nothing could be recorded -> 503, redelivered
     │       └── Conflict           the object changed since it was read (409): the pass restarts
     └── PermanentError     retrying cannot help; the reason goes to status -> 204
