@@ -37,9 +37,10 @@ import httpx
 from benchmarks import fullresync
 from benchmarks.stats import Table, progress, secs
 from benchmarks.world import WRITE_VERBS, G, Obj, P, V, World, vm_hwm
-from function import decide, pullsecret
+from function import claims, decide, protection, pullsecret, records
 from function.connection import parse_connection
-from function.model import FINALIZER, DockerToken, Ref, Token
+from function.model import FINALIZER, DockerToken, Ref, Status, Token
+from function.steps import Ensure, Obtained
 from tests.controlplane import find_assets
 from tests.quaysim import views
 
@@ -84,27 +85,37 @@ class Api:
 
 
 def populate(world: World, api: Api, objs: list[Obj], threads: int = 16) -> None:
-    """Each object as the function leaves it once Ready (see the module docstring)."""
-    registry = parse_connection({"host": world.quay.base_url, "token": "x"}, secret_name="x").registry
+    """Each object as the function leaves it once Ready (see the module docstring): its
+    finalizer, claim label and registration as its connection Secret's user (which carries the
+    in-use finalizer), the status ``decide.settle`` writes for the token, and the pull Secret."""
+    conn = parse_connection({"host": world.quay.base_url, "token": "x"}, secret_name="x")
     now = datetime.datetime.now(datetime.UTC)
+    for c in {o.conn for o in objs}:
+        api.call("PATCH", f"/api/v1/namespaces/{c.namespace}/secrets/{c.secret}",
+                 {"metadata": {"finalizers": [protection.IN_USE_FINALIZER]}}, merge=True)
 
     def one(o: Obj) -> None:
         made = views.token_view(world.quay.state.create_token(o.conn.user, o.title), include_code=True)
         token = Token(made["uuid"], made["title"], made["created"] or "", made["expiration"] or "",
                       made["last_accessed"] or "", made["token_code"])
         body = o.body()
+        used = Ref(o.namespace, o.conn.secret)
         body["metadata"]["finalizers"] = [FINALIZER]
-        body["metadata"]["labels"] = {decide.claim_label(registry, o.title): "true"}
+        body["metadata"]["labels"] = {claims.claim_label(conn.registry, o.title): "true",
+                                      protection.CONNECTION_LABEL: protection.key(used)}
+        body["metadata"]["annotations"] = {protection.CONNECTION_ANNOTATION: str(used)}
         created = api.call("POST", f"/apis/{G}/{V}/namespaces/{o.namespace}/{P}", body)
         dt = DockerToken.from_object(created)
         where = Ref(o.namespace, o.ret_secret)
-        status = {**decide.recorded(dt, token, (), revoke_old=False),
-                  "retSecret": {"namespace": where.namespace, "name": where.name}}
-        status, _, _ = decide.ready_status(dt, status, replaced="", now=now)
+        ob = decide.Observed(dt=dt, now=now, verify=False, wave="", conn=conn, conn_error=None,
+                             conn_version="", ret_secret=None, old_ret_secret=None)
+        got = Obtained(token, "kept", "", records.recorded(dt.status, dt, token, revoke_old=False))
+        status = decide.settle(ob, Ensure(token, where, (), (), ()), got).status
         api.call("PATCH", f"/apis/{G}/{V}/namespaces/{o.namespace}/{P}/{o.name}/status",
-                 {"status": {k: v for k, v in status.items() if v is not None}}, merge=True)
+                 {"status": {k: v for k, v in status.merge_patch(Status()).items() if v is not None}},
+                 merge=True)
         api.call("POST", f"/api/v1/namespaces/{o.namespace}/secrets",
-                 pullsecret.build(dt, where, token, [registry]))
+                 pullsecret.build(dt, where, token, [conn.registry]))
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, objs))

@@ -37,7 +37,7 @@ class _Reads:
         dt = self.http.get(f"/apis/quay.herve4m.github.io/v1alpha1{base}/dockertokens/{name}").json()
         for ref in ("connSecretRef", "retSecretRef"):
             self.http.get(f"/api/v1{base}/secrets/{dt['spec'][ref]['name']}").raise_for_status()
-        return finished(Report("ready"), Tally(), resync=False)
+        return finished(Report("ready"), Tally())
 
 
 def _reconciler() -> Any:
