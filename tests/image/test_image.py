@@ -202,7 +202,9 @@ def test_resync_from_the_image_restores_a_deleted_secret(world: Env, identity_di
     harness.RESPONSES.append(out.stdout + out.stderr)  # scanned for credentials too
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["failed"] == 0 and summary["sent"] == summary["listed"] == 1, summary
+    # the command asked the image's function for a plan; the one drifted object was repaired
+    assert (summary["seen"], summary["undelivered"], summary["failing"]) == (1, 0, {}), summary
+    assert sum(summary["repaired"].values()) == 1 and summary["planned"] is True, summary
 
     wait_for(world.secret, timeout=10, what="the return Secret restored by the resync")
     resync_lines = [line for line in world.fn.logs().splitlines()
