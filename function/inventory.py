@@ -45,7 +45,7 @@ from function.decide import Observed
 from function.errors import PermanentError, QuayError
 from function.kube import Kube
 from function.model import OWNER_UID_LABEL, DockerToken, Token
-from function.observe import observe
+from function.observe import ParsedConnections, observe
 from function.result import Handling
 from function.steps import (
     Acquire,
@@ -233,6 +233,7 @@ class PageReads:
                  pull_refs: set[tuple[str, str]], probe: set[tuple[str, str]]) -> None:
         self.run, self.pulled, self.pull_refs, self.probe = run, pulled, pull_refs, probe
         self.probed = 0
+        self.parsed: ParsedConnections = {}  # the run holds the Secrets (see observe.py)
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         key = (namespace, name)
@@ -314,7 +315,7 @@ class Inventory:
             for conn in self._likely_connections(run, objs):
                 lists.start(conn)
             reads = PageReads(run, page.pulled, page.pull_refs, page.probe)
-            self._plan_objects(reads, objs, report, lists, now, wave)
+            self._plan_objects(reads, page, report, lists, now, wave)
         report.quay_calls = sum(lists.calls)
         return report
 
@@ -341,14 +342,14 @@ class Inventory:
                 self._ahead = (nxt, future)
         return page
 
-    def _plan_objects(self, reads: PageReads, objs: list[dict[str, Any]], report: PageReport,
+    def _plan_objects(self, reads: PageReads, page: _Page, report: PageReport,
                       lists: _Lists, now: datetime.datetime, wave: str) -> None:
         planned: list[tuple[dict[str, Any], Observed, Plan]] = []
-        for obj in objs:
+        for obj, view in zip(page.objs, page.views, strict=True):
             try:
                 ob = observe(reads, obj, verify=True, now=now, wave=wave,
                              resync_period=self.resync_period, rotation_grace=self.rotation_grace,
-                             registry_check=self.registry_check)
+                             registry_check=self.registry_check, view=view, parsed=reads.parsed)
                 planned.append((obj, ob, decide.plan(ob)))
             # a refused read (a 403): planned as a reconcile plans it, so an object already
             # recording that failure waits for its retry time instead of being sent again
@@ -425,6 +426,7 @@ class _Page:
     """A page of DockerTokens and the pull Secrets of its objects."""
 
     objs: list[dict[str, Any]]
+    views: list[DockerToken | None]  # DockerToken.from_object of each (None: it has no view)
     next_cont: str
     pulled: dict[tuple[str, str], dict[str, Any]]
     pull_refs: set[tuple[str, str]]  # where the page's pull Secrets are (spec and status)
@@ -437,13 +439,16 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
     pull_refs: set[tuple[str, str]] = set()
     probe: set[tuple[str, str]] = set()
     uids: set[str] = set()
+    views: list[DockerToken | None] = []
     for obj in objs:
         try:
             dt = DockerToken.from_object(obj)
         # a spec the schema would refuse: planned (and refused) with the rest
         except Exception:
             logger.debug("resync plan: %s has no usable view", _name(obj))
+            views.append(None)
             continue
+        views.append(dt)
         refs = {(r.namespace, r.name) for r in (dt.ret_secret, dt.status.ret_secret) if r is not None}
         if refs and _UID.match(dt.uid):
             uids.add(dt.uid)
@@ -458,7 +463,7 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
         for secret in kube.iter_secrets(selector, page_size=len(uids) + 100):
             meta = secret.get("metadata") or {}
             pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
-    return _Page(objs, next_cont, pulled, pull_refs, probe)
+    return _Page(objs, views, next_cont, pulled, pull_refs, probe)
 
 
 class _Lists:
