@@ -306,21 +306,27 @@ class Inventory:
         a problem with one object only sends that object to a reconcile of its own."""
         now = self.clock()
         run = self._run(wave)
-        page = self._page(namespace, cont, limit, wave)
-        objs = page.objs
-        report = PageReport(seen=len(objs), cont=page.next_cont)
-        with ThreadPoolExecutor(max_workers=MAX_PARALLEL_LISTS, thread_name_prefix="plan-list") as pool:
+        # a worker more than the lists: the page's pull Secrets are listed there meanwhile
+        with ThreadPoolExecutor(max_workers=MAX_PARALLEL_LISTS + 1, thread_name_prefix="plan-list") as pool:
             lists = _Lists(self, pool, wave)
-            # the Quay lists run while the objects are planned
-            for conn in self._likely_connections(run, objs):
-                lists.start(conn)
+
+            # the Quay lists start as soon as the page's DockerTokens are known: they run while
+            # the pull Secrets are listed and the objects planned
+            def start_lists(objs: list[dict[str, Any]]) -> None:
+                for conn in self._likely_connections(run, objs):
+                    lists.start(conn)
+
+            page = self._page(namespace, cont, limit, wave, pool, start_lists)
+            report = PageReport(seen=len(page.objs), cont=page.next_cont)
             reads = PageReads(run, page.pulled, page.pull_refs, page.probe)
             self._plan_objects(reads, page, report, lists, now, wave)
         report.quay_calls = sum(lists.calls)
         return report
 
-    def _page(self, namespace: str, cont: str, limit: int, wave: str) -> _Page:
-        """The page asked for: read ahead while the previous one was planned, or read now; then
+    def _page(self, namespace: str, cont: str, limit: int, wave: str, pool: ThreadPoolExecutor,
+              on_objects: Callable[[list[dict[str, Any]]], None]) -> _Page:
+        """The page asked for: read ahead while the previous one was planned, or read now (its
+        pull Secrets listed in ``pool`` while ``on_objects`` is given its DockerTokens); then
         the next one is read ahead (the command asks for it as soon as it has this answer). At
         most one page is held ahead; it is a second old at most when used."""
         key = (namespace, cont, limit, wave)
@@ -334,7 +340,9 @@ class Inventory:
             except Exception:
                 logger.debug("resync plan: the page read ahead failed", exc_info=True)
         if page is None:
-            page = _read_page(self.kube, namespace, cont, limit)
+            page = _read_page(self.kube, namespace, cont, limit, pool, on_objects)
+        else:
+            on_objects(page.objs)
         if page.next_cont and wave:
             nxt = (namespace, page.next_cont, limit, wave)
             future = self._reader.submit(_read_page, self.kube, namespace, page.next_cont, limit)
@@ -433,8 +441,10 @@ class _Page:
     probe: set[tuple[str, str]]      # read when not in the list: where a foreign Secret is in the way
 
 
-def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
-    """One list of DockerTokens, then one of their pull Secrets, by the owner-uid label."""
+def _read_page(kube: Kube, namespace: str, cont: str, limit: int, pool: ThreadPoolExecutor | None = None,
+               on_objects: Callable[[list[dict[str, Any]]], None] | None = None) -> _Page:
+    """One list of DockerTokens, then one of their pull Secrets, by the owner-uid label (in
+    ``pool`` when given, while ``on_objects`` is called with the DockerTokens)."""
     objs, next_cont = kube.list_dockertokens_page(namespace or None, cont, limit)
     pull_refs: set[tuple[str, str]] = set()
     probe: set[tuple[str, str]] = set()
@@ -456,6 +466,17 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
             ready = dt.status.condition(conditions.READY) or {}
             if dt.status.retry is not None and ready.get("reason") == conditions.SECRET_CONFLICT:
                 probe |= refs
+    if pool is None or on_objects is None:
+        pulled = _pull_secrets(kube, uids)
+    else:
+        listing = pool.submit(_pull_secrets, kube, uids)
+        on_objects(objs)
+        pulled = listing.result()
+    return _Page(objs, views, next_cont, pulled, pull_refs, probe)
+
+
+def _pull_secrets(kube: Kube, uids: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The Secrets labelled with one of ``uids`` (owner-uid), by namespace and name."""
     pulled: dict[tuple[str, str], dict[str, Any]] = {}
     if uids:
         selector = f"{OWNER_UID_LABEL} in ({','.join(sorted(uids))})"
@@ -463,7 +484,7 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
         for secret in kube.iter_secrets(selector, page_size=len(uids) + 100):
             meta = secret.get("metadata") or {}
             pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
-    return _Page(objs, views, next_cont, pulled, pull_refs, probe)
+    return pulled
 
 
 class _Lists:
