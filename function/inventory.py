@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from function import conditions, decide, pullsecret, result
+from function import conditions, decide, lastaccess, pullsecret, result
 from function.apply import QuayFactory, quay_client
 from function.cache import TokenListCache
 from function.connection import Connection, parse_connection
@@ -276,12 +276,13 @@ class Inventory:
                  clock: Callable[[], datetime.datetime] | None = None,
                  resync_period: datetime.timedelta = decide.RESYNC_PERIOD,
                  rotation_grace: datetime.timedelta = decide.ROTATION_GRACE,
-                 registry_check: bool = True) -> None:
+                 registry_check: bool = True,
+                 last_accessed_refresh: datetime.timedelta = lastaccess.DEFAULT) -> None:
         self.kube, self.cache, self.quay_factory = kube, cache, quay_factory
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         # the deployment's settings, as the reconciler has them: the plans must be the same
         self.resync_period, self.rotation_grace = resync_period, rotation_grace
-        self.registry_check = registry_check
+        self.registry_check, self.last_accessed_refresh = registry_check, last_accessed_refresh
         self._runs: OrderedDict[str, RunReads] = OrderedDict()
         self._lock = threading.Lock()
         # the next page of a run, read while this one is planned (see _page)
@@ -357,7 +358,9 @@ class Inventory:
             try:
                 ob = observe(reads, obj, verify=True, now=now, wave=wave,
                              resync_period=self.resync_period, rotation_grace=self.rotation_grace,
-                             registry_check=self.registry_check, view=view, parsed=reads.parsed)
+                             registry_check=self.registry_check,
+                             last_accessed_refresh=self.last_accessed_refresh, view=view,
+                             parsed=reads.parsed)
                 planned.append((obj, ob, decide.plan(ob)))
             # a refused read (a 403): planned as a reconcile plans it, so an object already
             # recording that failure waits for its retry time instead of being sent again

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
-from function import conditions, decide, protection, pullsecret
+from function import conditions, decide, lastaccess, protection, pullsecret
 from function.connection import Connection, parse_connection
 from function.decide import Observed
 from function.errors import PermanentError
@@ -44,7 +44,8 @@ ParsedConnections = MutableMapping[tuple[int, str], tuple[Connection | None, Per
 def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
             wave: str = "", resync_period: datetime.timedelta = decide.RESYNC_PERIOD,
             rotation_grace: datetime.timedelta = decide.ROTATION_GRACE,
-            registry_check: bool = True, view: DockerToken | None = None,
+            registry_check: bool = True, last_accessed_refresh: datetime.timedelta = lastaccess.DEFAULT,
+            view: DockerToken | None = None,
             parsed: ParsedConnections | None = None) -> Observed:
     """The observed state of the DockerToken ``obj`` (as just read from the API server).
     ``view``: ``DockerToken.from_object(obj)`` when the caller has it already; ``parsed``: see
@@ -74,6 +75,7 @@ def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.
         ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
         consent_version=f"{consent}/{ret_consent}", service_accounts=accounts,
         resync_period=resync_period, rotation_grace=rotation_grace, registry_check=registry_check,
+        last_accessed_refresh=last_accessed_refresh,
         conn_secret=conn_secret, registered=protection.registered(obj),
     )
 
