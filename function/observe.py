@@ -36,9 +36,10 @@ class Reads(Protocol):
 
 
 #: Connection Secrets already parsed, by ``id()`` of the Secret as read and the name it was read
-#: by: (the connection or why not, the digest of its data). Only for a caller that keeps those
-#: Secrets alive while it reuses the memo (a page of the bulk resync: its run holds them).
-ParsedConnections = MutableMapping[tuple[int, str], tuple[Connection | None, PermanentError | None, str]]
+#: by: (that Secret, the connection or why not, the digest of its data). A page of the bulk
+#: resync shares one: its objects use a few Secrets, each read once per run.
+ParsedConnections = MutableMapping[
+    tuple[int, str], tuple[Mapping[str, Any], Connection | None, PermanentError | None, str]]
 
 
 def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
@@ -102,11 +103,11 @@ def _connection(kube: Reads, dt: DockerToken, parsed: ParsedConnections | None =
             conditions.SECRET_NOT_FOUND), "", "", None
     key = (id(found), ref.name)
     known = parsed.get(key) if parsed is not None else None
-    if known is None:
-        known = _parse(found, ref.name)
+    if known is None or known[0] is not found:  # the same object, not one reusing a freed id
+        known = (found, *_parse(found, ref.name))
         if parsed is not None:
             parsed[key] = known
-    conn, error, version = known
+    _, conn, error, version = known
     return conn, error, version, "", found
 
 
