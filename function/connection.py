@@ -7,6 +7,7 @@ Every error is a :class:`ConfigError` naming the Secret, the key and the fix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import math
@@ -44,7 +45,7 @@ class Connection:
     validate_certs: bool = True
     timeout: float = DEFAULT_TIMEOUT
 
-    @property
+    @functools.cached_property
     def account(self) -> str:
         """Which Quay account this is, as far as the settings tell (host and OAuth token, or host
         and username; never the password): a one-way hash that may be written to status.
@@ -53,7 +54,7 @@ class Connection:
         raw = f"quay-dockertoken/account/v1\x00{self.base_url}\x00{who}".encode()
         return hashlib.sha256(raw).hexdigest()[:24]
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A stable in-memory cache key for these settings; a one-way hash, never the values.
 

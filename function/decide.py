@@ -116,6 +116,8 @@ class Observed:
     resync_period: datetime.timedelta = RESYNC_PERIOD
     rotation_grace: datetime.timedelta = ROTATION_GRACE
     registry_check: bool = True        # log in at the registry with each new code (REGISTRY_CHECK)
+    # how often Quay's lastAccessed is worth a pull Secret write (LAST_ACCESSED_REFRESH)
+    last_accessed_refresh: datetime.timedelta = lastaccess.DEFAULT
     # in-use protection (protection.py): the connection Secret as found (None: missing or not
     # ours to read), and the Secret this object is registered as a user of
     conn_secret: Mapping[str, Any] | None = None
@@ -297,22 +299,22 @@ def renew_requested(dt: DockerToken) -> bool:
 
 
 # -- continuations: Quay's answers -> the next step ------------------------------------------------
-def after_verify(held: Token | None, listed: Token | None,
-                 now: datetime.datetime) -> tuple[TokenStep, Token | None]:
-    """VERIFY, once the (cached) list is known: KEEP with Quay's dates (``lastAccessed`` at most
-    once per interval, see lastaccess.py), or FETCH to be sure."""
+def after_verify(held: Token | None, listed: Token | None, now: datetime.datetime,
+                 refresh: datetime.timedelta = lastaccess.DEFAULT) -> tuple[TokenStep, Token | None]:
+    """VERIFY, once the (cached) list is known: KEEP with Quay's dates (``lastAccessed``: its
+    first real use, then at most once per ``refresh``, see lastaccess.py), or FETCH to be sure."""
     if listed is None or is_expired(listed.expiration, now):
         return TokenStep.FETCH, None
     if held is None:
         return TokenStep.KEEP, None
-    seen = lastaccess.to_record(held.last_accessed, listed.last_accessed, listed.created)
+    seen = lastaccess.to_record(held.last_accessed, listed.last_accessed, listed.created, refresh)
     return TokenStep.KEEP, Token(listed.uuid, held.title, listed.created, listed.expiration, seen,
                                  held.code)
 
 
 def verified(ob: Observed, step: Verify, listed: Token | None) -> Obtained | Fetch:
     """A token missing from the list (or expired in it) is confirmed with a GET."""
-    nxt, refreshed = after_verify(step.held, listed, ob.now)
+    nxt, refreshed = after_verify(step.held, listed, ob.now, ob.last_accessed_refresh)
     if nxt is TokenStep.KEEP:
         return Obtained(refreshed, "kept", "", step.status)
     return Fetch(step.uuid, step.status)

@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from function import conditions, decide, pullsecret, result
+from function import conditions, decide, lastaccess, pullsecret, result
 from function.apply import QuayFactory, quay_client
 from function.cache import TokenListCache
 from function.connection import Connection, parse_connection
@@ -45,7 +45,7 @@ from function.decide import Observed
 from function.errors import PermanentError, QuayError
 from function.kube import Kube
 from function.model import OWNER_UID_LABEL, DockerToken, Token
-from function.observe import observe
+from function.observe import ParsedConnections, observe
 from function.result import Handling
 from function.steps import (
     Acquire,
@@ -233,6 +233,7 @@ class PageReads:
                  pull_refs: set[tuple[str, str]], probe: set[tuple[str, str]]) -> None:
         self.run, self.pulled, self.pull_refs, self.probe = run, pulled, pull_refs, probe
         self.probed = 0
+        self.parsed: ParsedConnections = {}  # the run holds the Secrets (see observe.py)
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         key = (namespace, name)
@@ -275,12 +276,13 @@ class Inventory:
                  clock: Callable[[], datetime.datetime] | None = None,
                  resync_period: datetime.timedelta = decide.RESYNC_PERIOD,
                  rotation_grace: datetime.timedelta = decide.ROTATION_GRACE,
-                 registry_check: bool = True) -> None:
+                 registry_check: bool = True,
+                 last_accessed_refresh: datetime.timedelta = lastaccess.DEFAULT) -> None:
         self.kube, self.cache, self.quay_factory = kube, cache, quay_factory
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         # the deployment's settings, as the reconciler has them: the plans must be the same
         self.resync_period, self.rotation_grace = resync_period, rotation_grace
-        self.registry_check = registry_check
+        self.registry_check, self.last_accessed_refresh = registry_check, last_accessed_refresh
         self._runs: OrderedDict[str, RunReads] = OrderedDict()
         self._lock = threading.Lock()
         # the next page of a run, read while this one is planned (see _page)
@@ -305,21 +307,27 @@ class Inventory:
         a problem with one object only sends that object to a reconcile of its own."""
         now = self.clock()
         run = self._run(wave)
-        page = self._page(namespace, cont, limit, wave)
-        objs = page.objs
-        report = PageReport(seen=len(objs), cont=page.next_cont)
-        with ThreadPoolExecutor(max_workers=MAX_PARALLEL_LISTS, thread_name_prefix="plan-list") as pool:
+        # a worker more than the lists: the page's pull Secrets are listed there meanwhile
+        with ThreadPoolExecutor(max_workers=MAX_PARALLEL_LISTS + 1, thread_name_prefix="plan-list") as pool:
             lists = _Lists(self, pool, wave)
-            # the Quay lists run while the objects are planned
-            for conn in self._likely_connections(run, objs):
-                lists.start(conn)
+
+            # the Quay lists start as soon as the page's DockerTokens are known: they run while
+            # the pull Secrets are listed and the objects planned
+            def start_lists(objs: list[dict[str, Any]]) -> None:
+                for conn in self._likely_connections(run, objs):
+                    lists.start(conn)
+
+            page = self._page(namespace, cont, limit, wave, pool, start_lists)
+            report = PageReport(seen=len(page.objs), cont=page.next_cont)
             reads = PageReads(run, page.pulled, page.pull_refs, page.probe)
-            self._plan_objects(reads, objs, report, lists, now, wave)
+            self._plan_objects(reads, page, report, lists, now, wave)
         report.quay_calls = sum(lists.calls)
         return report
 
-    def _page(self, namespace: str, cont: str, limit: int, wave: str) -> _Page:
-        """The page asked for: read ahead while the previous one was planned, or read now; then
+    def _page(self, namespace: str, cont: str, limit: int, wave: str, pool: ThreadPoolExecutor,
+              on_objects: Callable[[list[dict[str, Any]]], None]) -> _Page:
+        """The page asked for: read ahead while the previous one was planned, or read now (its
+        pull Secrets listed in ``pool`` while ``on_objects`` is given its DockerTokens); then
         the next one is read ahead (the command asks for it as soon as it has this answer). At
         most one page is held ahead; it is a second old at most when used."""
         key = (namespace, cont, limit, wave)
@@ -333,7 +341,9 @@ class Inventory:
             except Exception:
                 logger.debug("resync plan: the page read ahead failed", exc_info=True)
         if page is None:
-            page = _read_page(self.kube, namespace, cont, limit)
+            page = _read_page(self.kube, namespace, cont, limit, pool, on_objects)
+        else:
+            on_objects(page.objs)
         if page.next_cont and wave:
             nxt = (namespace, page.next_cont, limit, wave)
             future = self._reader.submit(_read_page, self.kube, namespace, page.next_cont, limit)
@@ -341,14 +351,16 @@ class Inventory:
                 self._ahead = (nxt, future)
         return page
 
-    def _plan_objects(self, reads: PageReads, objs: list[dict[str, Any]], report: PageReport,
+    def _plan_objects(self, reads: PageReads, page: _Page, report: PageReport,
                       lists: _Lists, now: datetime.datetime, wave: str) -> None:
         planned: list[tuple[dict[str, Any], Observed, Plan]] = []
-        for obj in objs:
+        for obj, view in zip(page.objs, page.views, strict=True):
             try:
                 ob = observe(reads, obj, verify=True, now=now, wave=wave,
                              resync_period=self.resync_period, rotation_grace=self.rotation_grace,
-                             registry_check=self.registry_check)
+                             registry_check=self.registry_check,
+                             last_accessed_refresh=self.last_accessed_refresh, view=view,
+                             parsed=reads.parsed)
                 planned.append((obj, ob, decide.plan(ob)))
             # a refused read (a 403): planned as a reconcile plans it, so an object already
             # recording that failure waits for its retry time instead of being sent again
@@ -425,25 +437,31 @@ class _Page:
     """A page of DockerTokens and the pull Secrets of its objects."""
 
     objs: list[dict[str, Any]]
+    views: list[DockerToken | None]  # DockerToken.from_object of each (None: it has no view)
     next_cont: str
     pulled: dict[tuple[str, str], dict[str, Any]]
     pull_refs: set[tuple[str, str]]  # where the page's pull Secrets are (spec and status)
     probe: set[tuple[str, str]]      # read when not in the list: where a foreign Secret is in the way
 
 
-def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
-    """One list of DockerTokens, then one of their pull Secrets, by the owner-uid label."""
+def _read_page(kube: Kube, namespace: str, cont: str, limit: int, pool: ThreadPoolExecutor | None = None,
+               on_objects: Callable[[list[dict[str, Any]]], None] | None = None) -> _Page:
+    """One list of DockerTokens, then one of their pull Secrets, by the owner-uid label (in
+    ``pool`` when given, while ``on_objects`` is called with the DockerTokens)."""
     objs, next_cont = kube.list_dockertokens_page(namespace or None, cont, limit)
     pull_refs: set[tuple[str, str]] = set()
     probe: set[tuple[str, str]] = set()
     uids: set[str] = set()
+    views: list[DockerToken | None] = []
     for obj in objs:
         try:
             dt = DockerToken.from_object(obj)
         # a spec the schema would refuse: planned (and refused) with the rest
         except Exception:
             logger.debug("resync plan: %s has no usable view", _name(obj))
+            views.append(None)
             continue
+        views.append(dt)
         refs = {(r.namespace, r.name) for r in (dt.ret_secret, dt.status.ret_secret) if r is not None}
         if refs and _UID.match(dt.uid):
             uids.add(dt.uid)
@@ -451,6 +469,17 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
             ready = dt.status.condition(conditions.READY) or {}
             if dt.status.retry is not None and ready.get("reason") == conditions.SECRET_CONFLICT:
                 probe |= refs
+    if pool is None or on_objects is None:
+        pulled = _pull_secrets(kube, uids)
+    else:
+        listing = pool.submit(_pull_secrets, kube, uids)
+        on_objects(objs)
+        pulled = listing.result()
+    return _Page(objs, views, next_cont, pulled, pull_refs, probe)
+
+
+def _pull_secrets(kube: Kube, uids: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The Secrets labelled with one of ``uids`` (owner-uid), by namespace and name."""
     pulled: dict[tuple[str, str], dict[str, Any]] = {}
     if uids:
         selector = f"{OWNER_UID_LABEL} in ({','.join(sorted(uids))})"
@@ -458,7 +487,7 @@ def _read_page(kube: Kube, namespace: str, cont: str, limit: int) -> _Page:
         for secret in kube.iter_secrets(selector, page_size=len(uids) + 100):
             meta = secret.get("metadata") or {}
             pulled[(str(meta.get("namespace")), str(meta.get("name")))] = secret
-    return _Page(objs, next_cont, pulled, pull_refs, probe)
+    return pulled
 
 
 class _Lists:

@@ -53,7 +53,7 @@ def reconciler() -> Reconciler:
     global _reconciler
     with _lock:
         if _reconciler is None:
-            from function import renewal
+            from function import lastaccess, renewal
             from function.kube import Kube
 
             period = os.environ.get("RESYNC_PERIOD", "")  # the CronJob's schedule, e.g. "10m"
@@ -63,6 +63,7 @@ def reconciler() -> Reconciler:
                 resync_period=renewal.parse_duration(period, "RESYNC_PERIOD") if period else None,
                 rotation_grace=datetime.timedelta(seconds=grace) if grace else None,
                 registry_check=_flag(os.environ.get("REGISTRY_CHECK")),
+                last_accessed_refresh=lastaccess.parse_interval(os.environ.get(lastaccess.ENV, "")),
                 reporting_instance=os.environ.get("HOSTNAME") or socket.gethostname())
         return _reconciler
 
@@ -82,7 +83,8 @@ def inventory() -> Inventory:
             _inventory = Inventory(rec.kube, rec.cache, quay_factory=rec.quay_factory,
                                    clock=rec.clock, resync_period=rec.resync_period,
                                    rotation_grace=rec.rotation_grace,
-                                   registry_check=rec.registry_check)
+                                   registry_check=rec.registry_check,
+                                   last_accessed_refresh=rec.last_accessed_refresh)
         return _inventory
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
-from function import conditions, decide, protection, pullsecret
+from function import conditions, decide, lastaccess, protection, pullsecret
 from function.connection import Connection, parse_connection
 from function.decide import Observed
 from function.errors import PermanentError
@@ -35,12 +35,23 @@ class Reads(Protocol):
     def get_serviceaccount(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
+#: Connection Secrets already parsed, by ``id()`` of the Secret as read and the name it was read
+#: by: (that Secret, the connection or why not, the digest of its data). A page of the bulk
+#: resync shares one: its objects use a few Secrets, each read once per run.
+ParsedConnections = MutableMapping[
+    tuple[int, str], tuple[Mapping[str, Any], Connection | None, PermanentError | None, str]]
+
+
 def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.datetime,
             wave: str = "", resync_period: datetime.timedelta = decide.RESYNC_PERIOD,
             rotation_grace: datetime.timedelta = decide.ROTATION_GRACE,
-            registry_check: bool = True) -> Observed:
-    """The observed state of the DockerToken ``obj`` (as just read from the API server)."""
-    dt = DockerToken.from_object(obj)
+            registry_check: bool = True, last_accessed_refresh: datetime.timedelta = lastaccess.DEFAULT,
+            view: DockerToken | None = None,
+            parsed: ParsedConnections | None = None) -> Observed:
+    """The observed state of the DockerToken ``obj`` (as just read from the API server).
+    ``view``: ``DockerToken.from_object(obj)`` when the caller has it already; ``parsed``: see
+    :data:`ParsedConnections` (the many objects of a page share a few connection Secrets)."""
+    dt = view if view is not None else DockerToken.from_object(obj)
     bad_name = dt.name_error()
     if bad_name is not None:
         # a name that is not a Kubernetes name is never sent to the API server (decide.plan
@@ -48,7 +59,7 @@ def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.
         return Observed(dt=dt, now=now, verify=verify, wave=wave, conn=None, conn_error=bad_name,
                         conn_version="", ret_secret=None, old_ret_secret=None,
                         registered=protection.registered(obj))
-    conn, conn_error, conn_version, consent, conn_secret = _connection(kube, dt)
+    conn, conn_error, conn_version, consent, conn_secret = _connection(kube, dt, parsed)
     ret_error, ret_consent = _return_namespace(kube, dt)
     ret = old = None
     if ret_error is None and dt.ret_secret is not None and dt.ret_secret.name:
@@ -65,11 +76,12 @@ def observe(kube: Reads, obj: Mapping[str, Any], *, verify: bool, now: datetime.
         ret_secret=ret, old_ret_secret=old, consent_error=ret_error,
         consent_version=f"{consent}/{ret_consent}", service_accounts=accounts,
         resync_period=resync_period, rotation_grace=rotation_grace, registry_check=registry_check,
+        last_accessed_refresh=last_accessed_refresh,
         conn_secret=conn_secret, registered=protection.registered(obj),
     )
 
 
-def _connection(kube: Reads, dt: DockerToken) -> tuple[
+def _connection(kube: Reads, dt: DockerToken, parsed: ParsedConnections | None = None) -> tuple[
         Connection | None, PermanentError | None, str, str, Mapping[str, Any] | None]:
     """(connection, why not, digest of its content, consent state, the Secret as found) for
     spec.connSecretRef."""
@@ -89,12 +101,22 @@ def _connection(kube: Reads, dt: DockerToken) -> tuple[
         # the original operator's wording, which users may already match on
         return None, PermanentError(f"connSecretRef: {ref.name}: secret not found").with_reason(
             conditions.SECRET_NOT_FOUND), "", "", None
+    key = (id(found), ref.name)
+    known = parsed.get(key) if parsed is not None else None
+    if known is None or known[0] is not found:  # the same object, not one reusing a freed id
+        known = (found, *_parse(found, ref.name))
+        if parsed is not None:
+            parsed[key] = known
+    _, conn, error, version = known
+    return conn, error, version, "", found
+
+
+def _parse(found: Mapping[str, Any], name: str) -> tuple[Connection | None, PermanentError | None, str]:
     version = _content_digest(found)
     try:
-        return (parse_connection(pullsecret.decoded(found), secret_name=ref.name), None, version, "",
-                found)
+        return parse_connection(pullsecret.decoded(found), secret_name=name), None, version
     except PermanentError as exc:
-        return None, exc, version, "", found
+        return None, exc, version
 
 
 def _content_digest(secret: Mapping[str, Any]) -> str:

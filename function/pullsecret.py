@@ -134,7 +134,8 @@ def is_intact(secret: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     return (
         secret.get("type") == desired["type"]
-        and decoded(secret) == decoded(desired)
+        # the same base64 is the same data; decoded only when the text differs
+        and (secret.get("data") == desired.get("data") or decoded(secret) == decoded(desired))
         and all(labels.get(k) == v for k, v in want["labels"].items())
         and all(annotations.get(k) == v for k, v in want["annotations"].items())
         and [r.get("uid") for r in meta.get("ownerReferences") or ()]

@@ -15,7 +15,7 @@ import datetime
 import logging
 from collections.abc import Callable
 
-from function import apply, decide, result
+from function import apply, decide, lastaccess, result
 from function.cache import TokenListCache
 from function.errors import TemporaryError
 from function.kube import Kube
@@ -44,12 +44,15 @@ class Reconciler:
                  resync_period: datetime.timedelta | None = None,
                  rotation_grace: datetime.timedelta | None = None,
                  registry_check: bool = True,
+                 last_accessed_refresh: datetime.timedelta | None = None,
                  reporting_instance: str = "quay-dockertoken") -> None:
         self.kube, self.quay_factory, self.clock = kube, quay_factory, clock
         self.cache = cache or TokenListCache()
         self.resync_period = resync_period or decide.RESYNC_PERIOD
         self.rotation_grace = rotation_grace or decide.ROTATION_GRACE
         self.registry_check = registry_check  # REGISTRY_CHECK: log in with each new code
+        # LAST_ACCESSED_REFRESH: how often Quay's lastAccessed is worth a pull Secret write
+        self.last_accessed_refresh = last_accessed_refresh or lastaccess.DEFAULT
         self.reporting_instance = reporting_instance  # names this pod in the Events it records
 
     def reconcile(self, namespace: str, name: str, *, verify_quay: bool = False,
@@ -66,7 +69,8 @@ class Reconciler:
                 try:
                     observed = observe(kube, obj, verify=verify_quay, wave=wave, now=now,
                                        resync_period=self.resync_period, rotation_grace=self.rotation_grace,
-                                       registry_check=self.registry_check)
+                                       registry_check=self.registry_check,
+                                       last_accessed_refresh=self.last_accessed_refresh)
                     plan = decide.plan(observed)
                 # as any phase: restart, record (the failure is planned like any other), or raise
                 except Exception as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -187,8 +188,10 @@ def rfc3339(when: datetime.datetime) -> str:
     return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(value: str) -> datetime.datetime | None:
-    """Quay's RFC 2822 dates (``-0000``) or our RFC 3339 ones; None when absent or unparsable."""
+    """Quay's RFC 2822 dates (``-0000``) or our RFC 3339 ones; None when absent or unparsable.
+    Cached: a plan reads the same few dates of an object several times (datetimes are values)."""
     if not value:
         return None
     try:

@@ -208,8 +208,9 @@ def _post(client: httpx.Client, url: str, headers: Mapping[str, str], body: byte
             try:
                 resp = client.post(url, headers=headers, content=body, **extra)
             # a kept-alive connection the server closed meanwhile (its keep-alive timeout, e.g.
-            # gunicorn's 2 s, met our backoff): sent again at once on a new connection
-            except httpx.RemoteProtocolError:
+            # gunicorn's 2 s, met our backoff; closed, or reset when the request raced the
+            # close): sent again at once on a new connection (plans and events are idempotent)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
                 resp = client.post(url, headers=headers, content=body, **extra)
         except httpx.TransportError as exc:
             detail = f"{type(exc).__name__}: {excerpt(str(exc))}"

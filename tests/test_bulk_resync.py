@@ -105,7 +105,7 @@ def test_every_kind_of_drift_is_found_and_repaired_and_nothing_else_is_touched(e
     objs = {name: ready(env, name) for name in (
         "in-order", "secret-deleted", "secret-edited", "revoked", "expired", "renewal", "renamed")}
     ready(env, "sa", serviceAccounts=["builder"])
-    # a token in use for longer than LAST_ACCESSED_REFRESH (24 h): Quay's lastAccessed is worth
+    # a token's first use (Quay's lastAccessed past the self-check window; here a day on): worth
     # one write
     used = ready(env, "used")
     env.quay.advance(25 * 3600)

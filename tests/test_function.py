@@ -294,31 +294,41 @@ def test_health_route_and_malformed_event(env: Env) -> None:
 
 
 
-def test_last_accessed_is_refreshed_by_resync_at_most_once_a_day(env: Env) -> None:
-    """LAST_ACCESSED_REFRESH (24 h by default): Quay's lastAccessed moves on every pull, and our
-    own registry check moved it right after the creation; neither is worth a write until a day
-    has passed since the value the Secret holds (issue 22)."""
+def test_last_accessed_is_recorded_at_first_use_then_at_most_once_a_day(env: Env) -> None:
+    """Quay's lastAccessed moves on every pull, and our own registry check moved it right after
+    the creation: the check is never worth a write, the first real use is (however short the
+    token's life), and after it one write per LAST_ACCESSED_REFRESH at most (24 h by default;
+    issue 22)."""
     env.conn_secret()
     env.dockertoken()
     env.send("add")
     uuid = env.get()["status"]["uuid"]  # type: ignore[index]
-    env.quay.touch(uuid)  # someone pulled with the token
+    env.quay.touch(uuid)  # as the registry check does, seconds after the creation
     writes = env.write_count()
     assert env.send("update").status_code == 204
     assert env.resync().status_code == 204
     assert env.secret_data()["lastAccessed"] == "" and env.write_count() == writes
-    env.quay.advance(25 * 3600)
-    env.quay.touch(uuid)  # a pull a day later
-    assert env.resync().status_code == 204
-    listed = next(t for t in env.tokens() if t["uuid"] == uuid)
-    assert env.secret_data()["lastAccessed"] == listed["last_accessed"] != ""
+
+    def resync_records() -> str:
+        assert env.resync().status_code == 204
+        listed = next(t for t in env.tokens() if t["uuid"] == uuid)
+        assert env.secret_data()["lastAccessed"] == listed["last_accessed"] != ""
+        return str(listed["last_accessed"])
+
+    env.quay.advance(600)
+    env.quay.touch(uuid)  # the first pull, 10 minutes on
+    first = resync_records()
     # the Secret and status.lastAccessedTime, in one pass
     assert (env.get() or {})["status"]["lastAccessedTime"]
     assert env.write_count() == writes + 2
     env.quay.advance(3600)
     env.quay.touch(uuid)  # an hour after that: not yet
     assert env.resync().status_code == 204
-    assert env.write_count() == writes + 2
+    assert env.secret_data()["lastAccessed"] == first and env.write_count() == writes + 2
+    env.quay.advance(24 * 3600)
+    env.quay.touch(uuid)  # a day after the value the Secret holds
+    assert resync_records() != first
+    assert env.write_count() == writes + 4
 
 
 def test_expired_token_is_replaced(control_plane: Any, namespace: str, function_proc: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from function import claims, conditions, decide, lastaccess, protection, pullsecret, result
+from function import claims, conditions, decide, lastaccess, protection, pullsecret, quay, result
 from function.cache import TokenListCache, ValueCache
 from function.connection import parse_connection
 from function.errors import BadEvent, PermanentError
@@ -50,14 +50,15 @@ def _observed(obj: dict[str, Any], secret: dict[str, Any] | None, *, verify: boo
                            conn_secret=conn_secret, registered=protection.registered(obj))
 
 
-def _ready_status() -> dict[str, Any]:
-    """The status a successful pass leaves (computed by the same functions apply.py uses)."""
+def _ready_status(token: Token = TOKEN) -> dict[str, Any]:
+    """The status a successful pass leaves with ``token`` (computed by the same functions
+    apply.py uses)."""
     obj = _obj(uuid=UUID, tokenName="mytoken", existInQuay=True,
                retSecret={"namespace": "ns", "name": "pull"})
-    ob = _observed(obj, _secret(obj))
+    ob = _observed(obj, _secret(obj, token))
     (obtain,) = [s for s in decide.plan(ob).steps if isinstance(s, ObtainToken)]
     assert isinstance(obtain.first, Verify)
-    got = decide.verified(ob, obtain.first, TOKEN)
+    got = decide.verified(ob, obtain.first, token)
     assert isinstance(got, Obtained)
     return decide.settle(ob, obtain.ensure, got).status.merge_patch(Status())
 
@@ -177,35 +178,70 @@ def test_a_failure_waiting_for_its_retry_is_failing_and_a_due_one_is_drift() -> 
     assert verdict(later, decide.plan(later), None) == Verdict("retry-due")
 
 
-def test_last_accessed_in_quay_is_written_once_a_day_at_most() -> None:
-    obj = _obj(**_ready_status())
-    secret = _secret(obj)
-    soon = Token(UUID, "mytoken", CREATED, "", "Mon, 07 Dec 2026 10:00:03 -0000")
-    assert _verdict(obj, secret, listed={UUID: soon}) == Verdict()  # our own registry check
-    day = Token(UUID, "mytoken", CREATED, "", "Tue, 08 Dec 2026 10:00:00 -0000")
-    assert _verdict(obj, secret, listed={UUID: day}) == Verdict("last-accessed")
+@pytest.mark.parametrize(("held", "used", "drift"), [
+    pytest.param("", "Mon, 07 Dec 2026 10:00:03 -0000", "", id="our-own-registry-check"),
+    pytest.param("", "Mon, 07 Dec 2026 10:10:00 -0000", "last-accessed", id="the-first-real-use"),
+    pytest.param("Mon, 07 Dec 2026 10:10:00 -0000", "Mon, 07 Dec 2026 11:50:00 -0000", "",
+                 id="used-again-within-the-day"),
+    pytest.param("Mon, 07 Dec 2026 10:10:00 -0000", "Tue, 08 Dec 2026 10:10:00 -0000", "last-accessed",
+                 id="used-again-a-day-on"),
+])
+def test_last_accessed_in_quay_is_written_at_first_use_then_once_a_day_at_most(
+        held: str, used: str, drift: str) -> None:
+    token = Token(UUID, "mytoken", CREATED, "", held, "the-code")
+    obj = _obj(**_ready_status(token))
+    secret = _secret(obj, token)
+    listed = Token(UUID, "mytoken", CREATED, "", used)
+    assert _verdict(obj, secret, listed={UUID: listed}) == Verdict(drift)
 
 
+def test_last_accessed_refresh_is_the_deployments_setting() -> None:
+    """LAST_ACCESSED_REFRESH reaches the plan through Observed (main.py reads it once)."""
+    token = Token(UUID, "mytoken", CREATED, "", "Mon, 07 Dec 2026 10:10:00 -0000", "the-code")
+    obj = _obj(**_ready_status(token))
+    secret = _secret(obj, token)
+    listed = {UUID: Token(UUID, "mytoken", CREATED, "", "Mon, 07 Dec 2026 11:50:00 -0000")}
+    ob = _observed(obj, secret, verify=True, conn_secret=CONN_SECRET)
+    assert verdict(ob, decide.plan(ob), listed) == Verdict()
+    hourly = decide.Observed(**{**ob.__dict__, "last_accessed_refresh": datetime.timedelta(hours=1)})
+    assert verdict(hourly, decide.plan(hourly), listed) == Verdict("last-accessed")
+
+
+# CREATED is 10:00:00; the self-check window is 2 minutes, the interval a day
 @pytest.mark.parametrize(("held", "listed", "want"), [
-    ("", "", ""),
-    ("", "Mon, 07 Dec 2026 10:00:05 -0000", ""),                 # the self-check after creation
-    ("", "Tue, 08 Dec 2026 10:00:00 -0000", "Tue, 08 Dec 2026 10:00:00 -0000"),
-    ("Tue, 08 Dec 2026 10:00:00 -0000", "Tue, 08 Dec 2026 22:00:00 -0000",
-     "Tue, 08 Dec 2026 10:00:00 -0000"),                          # 12 h later: not yet
-    ("Tue, 08 Dec 2026 10:00:00 -0000", "Wed, 09 Dec 2026 10:00:00 -0000",
-     "Wed, 09 Dec 2026 10:00:00 -0000"),
-    ("garbage", "Wed, 09 Dec 2026 10:00:00 -0000", "garbage"),   # falls back to the creation
+    pytest.param("", "", "", id="never-used"),
+    pytest.param("", "Mon, 07 Dec 2026 10:00:05 -0000", "", id="the-self-check-after-creation"),
+    pytest.param("", "Mon, 07 Dec 2026 10:02:00 -0000", "", id="two-minutes-on-may-still-be-the-check"),
+    pytest.param("", "Mon, 07 Dec 2026 10:02:01 -0000", "Mon, 07 Dec 2026 10:02:01 -0000",
+                 id="the-first-use-past-the-window"),
+    pytest.param("", "Tue, 08 Dec 2026 10:00:00 -0000", "Tue, 08 Dec 2026 10:00:00 -0000",
+                 id="the-first-use-a-day-on"),
+    pytest.param("Tue, 08 Dec 2026 10:00:00 -0000", "Tue, 08 Dec 2026 22:00:00 -0000",
+                 "Tue, 08 Dec 2026 10:00:00 -0000", id="12-h-later-not-yet"),
+    pytest.param("Tue, 08 Dec 2026 10:00:00 -0000", "Wed, 09 Dec 2026 10:00:00 -0000",
+                 "Wed, 09 Dec 2026 10:00:00 -0000", id="a-day-later"),
+    pytest.param("Tue, 08 Dec 2026 10:00:00 -0000", "", "Tue, 08 Dec 2026 10:00:00 -0000",
+                 id="quay-says-nothing"),
+    pytest.param("garbage", "Mon, 07 Dec 2026 10:01:00 -0000", "garbage", id="unreadable-held-as-none"),
+    pytest.param("garbage", "Wed, 09 Dec 2026 10:00:00 -0000", "Wed, 09 Dec 2026 10:00:00 -0000",
+                 id="unreadable-held-replaced-by-a-use"),
 ])
 def test_last_accessed_rule(held: str, listed: str, want: str) -> None:
-    got = lastaccess.to_record(held, listed, CREATED, datetime.timedelta(hours=24))
-    assert got == (want if held != "garbage" else listed)
+    assert lastaccess.to_record(held, listed, CREATED, datetime.timedelta(hours=24)) == want
 
 
-def test_last_accessed_interval_from_the_environment() -> None:
-    assert lastaccess.interval_from_env("") == datetime.timedelta(hours=24)
-    assert lastaccess.interval_from_env("30m") == datetime.timedelta(minutes=30)
+def test_the_self_check_window_covers_a_pass() -> None:
+    """The check runs in the pass that made the token, whose Quay requests end within its budget."""
+    assert datetime.timedelta(seconds=quay.PASS_BUDGET_SECONDS) < lastaccess.SELF_CHECK_WINDOW
+    # no creation date from Quay: nothing to tell the check from, so Quay's value is taken
+    assert lastaccess.to_record("", "Mon, 07 Dec 2026 10:00:05 -0000", "") == "Mon, 07 Dec 2026 10:00:05 -0000"
+
+
+def test_last_accessed_interval_setting() -> None:
+    assert lastaccess.parse_interval("") == datetime.timedelta(hours=24)
+    assert lastaccess.parse_interval("30m") == datetime.timedelta(minutes=30)
     with pytest.raises(Exception, match="LAST_ACCESSED_REFRESH"):
-        lastaccess.interval_from_env("1d")
+        lastaccess.parse_interval("1d")
 
 
 def test_the_challenge_is_fetched_once_per_key_and_ttl() -> None:

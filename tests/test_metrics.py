@@ -94,10 +94,9 @@ def _metrics_identity(cp: ControlPlane, workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fn(control_plane: ControlPlane) -> Iterator[FunctionProcess]:
-    # lastAccessed is refreshed at most once per LAST_ACCESSED_REFRESH (a day by default, longer
-    # than these 1-hour tokens live): a minute here
-    with FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"],
-                         env={"LAST_ACCESSED_REFRESH": "1m"}) as proc:
+    # the default LAST_ACCESSED_REFRESH (a day, longer than these 1-hour tokens live): the first
+    # use is recorded all the same (lastaccess.py)
+    with FunctionProcess(control_plane.kubeconfigs["dockertoken-reconciler"]) as proc:
         yield proc
 
 
@@ -110,8 +109,8 @@ def _seed(env: Env) -> None:
     env.dockertoken("rotating", title="rotating-token", ret="rotating-pull")
     for name in ("ready", "failing", "rotating"):
         assert env.send("add", name).status_code == 204
-    env.quay.advance(120)
-    env.quay.touch((env.get("ready") or {})["status"]["uuid"])  # a pull with it, 2 minutes on
+    env.quay.advance(600)
+    env.quay.touch((env.get("ready") or {})["status"]["uuid"])  # the first pull with it, 10 minutes on
     assert env.resync("ready").status_code == 204  # the resync's list brings lastAccessed
     env.custom.patch_namespaced_custom_object(G, V, env.ns, P, "rotating", {"metadata": {"annotations": {
         "quay.herve4m.github.io/renew-request": "now"}}})

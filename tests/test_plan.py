@@ -260,12 +260,17 @@ def test_deletion_with_a_token_revokes_uuid_and_pending_then_detaches() -> None:
 VERIFY = steps.Verify("u1", TOKEN, "w", Status(uuid="u1"))
 LISTED = Token("u1", "mytoken", CREATED, LATER, "Thu, 26 Nov 2026 11:59:00 -0000")
 USED = Token("u1", "mytoken", CREATED, LATER, "Fri, 27 Nov 2026 10:00:00 -0000")
+SELF_CHECKED = Token("u1", "mytoken", CREATED, LATER, "Thu, 26 Nov 2026 09:00:30 -0000")  # 30 s on
 
 
 @pytest.mark.parametrize(("listed", "expected"), [
-    # lastAccessed 3 h after the creation: not worth a Secret write (lastaccess.py)
-    pytest.param(LISTED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, "", "CODE1"),
-                                         "kept", "", VERIFY.status), id="listed-keeps-with-quays-dates"),
+    # the Secret holds no lastAccessed: Quay's, past the self-check window, is the first use
+    # (lastaccess.py)
+    pytest.param(LISTED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, LISTED.last_accessed,
+                                              "CODE1"), "kept", "", VERIFY.status),
+                 id="listed-keeps-with-quays-dates-and-first-use"),
+    pytest.param(SELF_CHECKED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, "", "CODE1"),
+                                              "kept", "", VERIFY.status), id="our-own-check-is-not-a-use"),
     pytest.param(USED, steps.Obtained(Token("u1", "mytoken", CREATED, LATER, USED.last_accessed, "CODE1"),
                                        "kept", "", VERIFY.status), id="last-accessed-a-day-on-is-kept"),
     pytest.param(None, steps.Fetch("u1", VERIFY.status), id="missing-is-confirmed-with-a-get"),
@@ -459,13 +464,14 @@ def _labelled(status: dict[str, Any]) -> dict[str, Any]:
                  id="missing-from-the-list-needs-a-get"),
     pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True), None, False,
                  id="no-list"),
-    # Quay's lastAccessed is written at most once per LAST_ACCESSED_REFRESH (lastaccess.py)
+    # Quay's lastAccessed is written at its first use past the self-check window, then at most
+    # once per LAST_ACCESSED_REFRESH (lastaccess.py); the Secret here holds none
     pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True),
-                 {"u1": Token("u1", "mytoken", CREATED, "", "Thu, 26 Nov 2026 11:59:00 -0000")}, True,
-                 id="last-accessed-moved-within-the-interval"),
+                 {"u1": Token("u1", "mytoken", CREATED, "", "Thu, 26 Nov 2026 09:00:30 -0000")}, True,
+                 id="last-accessed-moved-by-our-own-check"),
     pytest.param(observed(_labelled(settled()), ret_secret=secret(), verify=True),
-                 {"u1": Token("u1", "mytoken", CREATED, "", "Fri, 27 Nov 2026 11:59:00 -0000")}, False,
-                 id="last-accessed-a-day-on"),
+                 {"u1": Token("u1", "mytoken", CREATED, "", "Thu, 26 Nov 2026 11:59:00 -0000")}, False,
+                 id="last-accessed-first-use"),
     pytest.param(observed(_labelled(settled()), ret_secret=None, verify=True),
                  {"u1": Token("u1", "mytoken", CREATED)}, False, id="secret-deleted"),
     pytest.param(observed(_labelled(failing("QuayAuthenticationFailed"))), {}, True, id="backing-off"),

@@ -450,9 +450,14 @@ def test_the_function_accepts_what_resync_sends(sink: Sink, capsys: pytest.Captu
     assert (page.namespace, page.cont, page.limit, page.wave) == ("ns1", "abc", 2, "w-1")
 
 
-def test_a_kept_alive_connection_closed_by_the_server_is_sent_again_at_once() -> None:
+@pytest.mark.parametrize("closed", [
+    pytest.param("RemoteProtocolError", id="closed"),
+    pytest.param("ReadError", id="reset-while-sending"),
+])
+def test_a_kept_alive_connection_closed_by_the_server_is_sent_again_at_once(closed: str) -> None:
     """gunicorn closes idle connections after 2 s, the last backoff step: the request then meets
-    a closed connection ("Server disconnected"), and is sent again on a new one, no attempt lost."""
+    a closed connection ("Server disconnected", or a reset when it raced the close), and is sent
+    again on a new one, no attempt lost."""
     import httpx
 
     calls: list[int] = []
@@ -460,7 +465,7 @@ def test_a_kept_alive_connection_closed_by_the_server_is_sent_again_at_once() ->
     def answer(request: httpx.Request) -> httpx.Response:
         calls.append(1)
         if len(calls) == 1:
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+            raise getattr(httpx, closed)("Server disconnected without sending a response.")
         return httpx.Response(204, headers={OUTCOME_HEADER: "ready"})
 
     with httpx.Client(transport=httpx.MockTransport(answer)) as client:
