@@ -21,7 +21,6 @@ A use within the window is not told from the check: it shows with the next use a
 from __future__ import annotations
 
 import datetime
-import email.utils
 
 from function import renewal
 
@@ -40,22 +39,12 @@ def parse_interval(raw: str) -> datetime.timedelta:
 
 def to_record(held: str, listed: str, created: str, interval: datetime.timedelta = DEFAULT) -> str:
     """The ``lastAccessed`` the Secret should hold, given the one it holds and Quay's (``listed``)."""
-    new = _parse(listed)
+    new = renewal.parse_time(listed)
     if new is None:
         return held
-    old = _parse(held)
+    old = renewal.parse_time(held)
     if old is not None:
         return listed if new - old >= interval else held
-    born = _parse(created)
+    born = renewal.parse_time(created)
     return listed if born is None or new - born > SELF_CHECK_WINDOW else held
 
-
-def _parse(value: str) -> datetime.datetime | None:
-    """Quay's RFC 2822 dates; None when absent or unparsable."""
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
