@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from function import fleet, pullsecret
 from function.connection import Connection, parse_connection
 from function.errors import PermanentError, QuayError, ReconcileError
 from function.kube import Kube
-from function.model import Ref, Token
+from function.model import LABEL, SUBDOMAIN, Ref, Token
 from function.renewal import rfc3339
 
 if TYPE_CHECKING:
@@ -31,8 +30,6 @@ if TYPE_CHECKING:
 
 QuayFactory = Callable[[Connection], "QuayClient"]
 DEFAULT_UNUSED = "30d"
-# a Kubernetes object or namespace name (DNS subdomain): what the commands accept on their command line
-NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass
@@ -285,7 +282,7 @@ def main(argv: Sequence[str] | None = None, *, kube: Kube | None = None,
 
 def _ref(text: str) -> Ref:
     namespace, _, name = text.partition("/")
-    if not (NAME.fullmatch(namespace) and NAME.fullmatch(name)):
+    if not (LABEL.fullmatch(namespace) and SUBDOMAIN.fullmatch(name)):
         raise PermanentError(f"--connection: {text!r} is not NAMESPACE/NAME of a Secret")
     return Ref(namespace, name)
 

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from function import audit, conditions, decide, renewal
 from function.errors import Conflict, PermanentError, ReconcileError
 from function.kube import Kube
-from function.model import RENEW_REQUEST, DockerToken
+from function.model import LABEL, RENEW_REQUEST, SUBDOMAIN, DockerToken
 
 PROG = "kubectl dockertoken"
 EVENTS_SHOWN = 8
@@ -233,10 +233,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO = sys.stdout, now: Cl
         return audit.main(args_list[1:], kube=kube, out=out, prog=f"{PROG} audit")
     p = parser()
     args = p.parse_args(args_list)
-    if not audit.NAME.fullmatch(args.name) or len(args.name) > 253:
+    if not SUBDOMAIN.fullmatch(args.name):
         p.error(f"NAME: {args.name!r} is not a Kubernetes object name (lower-case letters, digits, '-', '.')")
     namespace = args.namespace or context_namespace(args.kubeconfig)
-    if not audit.NAME.fullmatch(namespace):
+    if not LABEL.fullmatch(namespace):
         p.error(f"--namespace: {namespace!r} is not a namespace name")
     try:
         kube = kube or (Kube.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Kube())

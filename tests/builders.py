@@ -77,3 +77,16 @@ def observed(obj: dict[str, Any] | None = None, *, ret_secret: dict[str, Any] | 
         ret_secret=ret_secret, old_ret_secret=old_ret_secret, consent_error=consent_error,
         service_accounts=service_accounts or {}, registered=registered,
         conn_secret={"metadata": {"namespace": NS, "name": "conn", "finalizers": [IN_USE_FINALIZER]}})
+
+
+def spec_with(field: str, value: str) -> dict[str, Any]:
+    """A valid spec whose name ``field`` (``connSecretRef.name``, ``serviceAccounts[0]``, ...) is
+    ``value``: how the hostile-name tests put one value in one field."""
+    spec: dict[str, Any] = {"name": "mytoken", "connSecretRef": {"name": "quay-credentials"},
+                            "retSecretRef": {"name": "pull"}}
+    if field == "serviceAccounts[0]":
+        spec["serviceAccounts"] = [value]
+    else:
+        ref, key = field.split(".")
+        spec[ref][key] = value
+    return spec

@@ -17,6 +17,7 @@ from function.errors import ConfigError, PermanentError
 from function.kube import Kube
 from function.model import DockerToken
 from function.observe import observe
+from tests.builders import spec_with
 
 HOSTILE = ["..", ".", "%2e%2e", "a/b", "../../team-b/secrets/quay-admin", "%2e%2e%2fteam-b",
            "UPPER", "-dash", "x" * 254, "a\x00b", "a b"]
@@ -25,15 +26,8 @@ FIELDS = ["connSecretRef.name", "connSecretRef.namespace", "retSecretRef.name",
 
 
 def _object(field: str, value: str) -> dict[str, Any]:
-    spec: dict[str, Any] = {"name": "mytoken", "connSecretRef": {"name": "quay-credentials"},
-                            "retSecretRef": {"name": "pull"}}
-    if field == "serviceAccounts[0]":
-        spec["serviceAccounts"] = [value]
-    else:
-        ref, key = field.split(".")
-        spec[ref][key] = value
     return {"metadata": {"namespace": "team-a", "name": "dt", "uid": "u", "finalizers": []},
-            "spec": spec}
+            "spec": spec_with(field, value)}
 
 
 def _refusing_kube() -> tuple[Kube, list[str]]:

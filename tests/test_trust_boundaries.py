@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from function import resync
 from tests import harness, senders
+from tests.builders import spec_with
 from tests.controlplane import ROOT, SA_NAMESPACE, ControlPlane
 from tests.env import Env, G, P, V, wait_for
 from tests.hostile_host import HostileHost
@@ -38,18 +39,6 @@ CRD = "dockertokens.quay.herve4m.github.io"
 URL_FIELDS = ["connSecretRef.name", "connSecretRef.namespace", "retSecretRef.name",
               "retSecretRef.namespace", "serviceAccounts[0]"]
 HOSTILE = ["..", ".", "%2e%2e", "a/b", "", "..%2f..%2fteam-b", "UPPER"]
-
-
-def _spec(field: str, value: str, ns: str) -> dict[str, Any]:
-    """A spec whose ``field`` is ``value`` (and everything else valid)."""
-    spec: dict[str, Any] = {"name": "mytoken", "connSecretRef": {"name": "quay-credentials"},
-                            "retSecretRef": {"name": "pull"}}
-    if field == "serviceAccounts[0]":
-        spec["serviceAccounts"] = [value]
-    else:
-        ref, key = field.split(".")
-        spec[ref][key] = value
-    return spec
 
 
 class AuditWindow:
@@ -81,7 +70,7 @@ def test_the_crd_refuses_a_path_in_any_name_field(env: Env, field: str) -> None:
         if value == "" and field.endswith("namespace"):
             continue  # an empty namespace means "the DockerToken's": refused by minLength anyway
         body = {"apiVersion": f"{G}/{V}", "kind": "DockerToken", "metadata": {"name": "hostile"},
-                "spec": _spec(field, value, env.ns)}
+                "spec": spec_with(field, value)}
         with pytest.raises(ApiException) as caught:
             env.custom.create_namespaced_custom_object(G, V, env.ns, P, body)
         assert caught.value.status == 422, (field, value)
