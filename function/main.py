@@ -129,21 +129,20 @@ def _plan(cloud_event: CloudEvent, fields: dict[str, Any], started: float) -> No
     # refused (a right missing, a continue token expired): retrying the same cannot help
     except PermanentError as exc:
         answer = Result(500, "failed", exc.reason, str(exc), f"cannot plan this page: {exc}")
-        _log(fields, started, answer)
-        flask.abort(_answer(answer.http, answer.answer))
     # a malformed request (400), the API server failing the page's lists (503: the command
     # retries, then reports the run failed), or a bug: the one mapping of errors (result.py)
     except Exception as exc:
         answer = result.from_error(exc)
         if answer.unexpected:
             logger.exception("unexpected error", extra={"fields": fields})
-        _log(fields, started, answer)
-        flask.abort(_answer(answer.http, answer.answer))
-    fields.update(namespace=page.namespace or "*")
-    _log(fields, started, Result(200, "planned"), seen=report.seen, up_to_date=report.up_to_date,
-         drifted=len(report.drifted), failing=report.failing, quay_calls=report.quay_calls)
-    flask.abort(flask.Response(json.dumps(report.as_json(), separators=(",", ":")), status=200,
-                               mimetype="application/json"))
+    else:
+        fields.update(namespace=page.namespace or "*")
+        _log(fields, started, Result(200, "planned"), seen=report.seen, up_to_date=report.up_to_date,
+             drifted=len(report.drifted), failing=report.failing, quay_calls=report.quay_calls)
+        flask.abort(flask.Response(json.dumps(report.as_json(), separators=(",", ":")), status=200,
+                                   mimetype="application/json"))
+    _log(fields, started, answer)
+    flask.abort(_answer(answer.http, answer.answer))
 
 
 def _log(fields: dict[str, Any], started: float, answer: Result, **extra: Any) -> None:
