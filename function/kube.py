@@ -255,23 +255,24 @@ class Kube:
                           label_selector: str | None = None) -> Iterator[dict[str, Any]]:
         """Every DockerToken (in one namespace, or all; those matching ``label_selector``), a page
         at a time."""
-        path = f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
-        params: dict[str, Any] = {"limit": page_size}
-        if label_selector:
-            params["labelSelector"] = label_selector
+        cont = ""
         while True:
-            page = self._request("list dockertokens", "GET", path, params=params) or {}
-            yield from page.get("items") or ()
-            params["continue"] = (page.get("metadata") or {}).get("continue")
-            if not params["continue"]:
+            items, cont = self.list_dockertokens_page(namespace, cont, page_size,
+                                                      label_selector=label_selector)
+            yield from items
+            if not cont:
                 return
 
     def list_dockertokens_page(self, namespace: str | None = None, cont: str = "",
-                               limit: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], str]:
-        """One page of DockerTokens (in one namespace, or all) from ``cont``; and the next
-        page's continue token ("" after the last page). The bulk resync's unit of work."""
-        path = f"{_CR}/namespaces/{namespace}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
+                               limit: int = PAGE_SIZE, *,
+                               label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """One page of DockerTokens (in one namespace, or all; those matching ``label_selector``)
+        from ``cont``; and the next page's continue token ("" after the last page). The bulk
+        resync's unit of work."""
+        path = f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}" if namespace else f"{_CR}/{PLURAL}"
         params: dict[str, Any] = {"limit": limit}
+        if label_selector:
+            params["labelSelector"] = label_selector
         if cont:
             params["continue"] = cont
         page = self._request("list dockertokens", "GET", path, params=params) or {}
@@ -294,16 +295,6 @@ class Kube:
         body = {"metadata": meta}
         return self._request(f"patch metadata of {namespace}/{name}", "PATCH",
                              f"{_CR}/namespaces/{_seg(namespace)}/{PLURAL}/{_seg(name)}", body=body,
-                             headers=MERGE_PATCH, missing_ok=True) or {}
-
-    def annotate_dockertoken(self, namespace: str, name: str, resource_version: str,
-                             annotations: Mapping[str, str]) -> dict[str, Any]:
-        """Merge annotations, conditioned on ``resource_version`` (409 ``Conflict`` if anyone wrote
-        since); {} when the object is gone. ``kubectl dockertoken renew``, as its user."""
-        self.writes += 1
-        body = {"metadata": {"resourceVersion": resource_version, "annotations": dict(annotations)}}
-        return self._request(f"annotate dockertoken {namespace}/{name}", "PATCH",
-                             f"{_CR}/namespaces/{namespace}/{PLURAL}/{name}", body=body,
                              headers=MERGE_PATCH, missing_ok=True) or {}
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any],
@@ -387,7 +378,7 @@ class Kube:
     def list_serviceaccounts(self, namespace: str) -> list[dict[str, Any]]:
         """Every ServiceAccount of ``namespace`` (one request: a namespace holds few)."""
         page = self._request(f"list serviceaccounts in {namespace}", "GET",
-                             f"/api/v1/namespaces/{namespace}/serviceaccounts") or {}
+                             f"/api/v1/namespaces/{_seg(namespace)}/serviceaccounts") or {}
         return list(page.get("items") or ())
 
     def patch_serviceaccount_pull_secrets(self, namespace: str, name: str,

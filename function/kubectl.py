@@ -168,7 +168,8 @@ def cmd_renew(kube: Kube, namespace: str, name: str, out: TextIO, now: Clock, *,
             break
         value = now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         try:
-            written = kube.annotate_dockertoken(namespace, name, dt.resource_version, {RENEW_REQUEST: value})
+            written = kube.patch_metadata(namespace, name, dt.resource_version,
+                                        annotations={RENEW_REQUEST: value})
         except Conflict:
             continue
         if not written:
