@@ -165,8 +165,9 @@ def _claims(token: str) -> dict[str, Any] | None:
 
 def _audiences(claims: Mapping[str, Any]) -> list[str]:
     aud = claims.get("aud")
-    return [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] \
-        if isinstance(aud, list) else []
+    if isinstance(aud, str):
+        return [aud]
+    return [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
 
 
 _lock = threading.Lock()
